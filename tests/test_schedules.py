@@ -7,7 +7,7 @@ from dataclasses import fields
 from dropout_residual import schedules as S
 
 ALL = [S.ConstantDropout(0.1), S.LinearDropout(0.3, 0.05, 4000, sites=("attn",)), S.ExponentialDropout(0.25, 0.01, 700),
-       S.CosineDropout(0.2, 0.05, 1200, sites=("mlp", "skip")), S.AdaptiveDropout(0.2, 0.03, 0.05, 0.4, 0.001),
+       S.CosineDropout(0.2, 0.05, 1200, sites=("mlp", "skip")), S.LinearDropout(sites="nanogpt"), S.AdaptiveDropout(0.2, 0.03, 0.05, 0.4, 0.001),
        S.AdaptiveDropout(reference="best"), S.EarlyDropout(0.15, 300, "linear"), S.EarlyDropout(), S.LateDropout(0.3, 800)]
 
 def _val_losses(seed, n):
