@@ -1,5 +1,5 @@
 "End-to-end checks of the training loop: bitwise resume, per-member isolation, NaN stops, DDP under torchrun, the CLI."
-import hashlib, json, os, shutil, signal, subprocess, sys, textwrap
+import contextlib, hashlib, io, json, os, shutil, signal, subprocess, sys, textwrap
 from pathlib import Path
 
 import pandas as pd, pytest, torch
@@ -10,6 +10,14 @@ from dropout_residual.data import TokenData, shakespeare
 from dropout_residual.model import GPTConfig
 
 TIMING = ["tokens_per_s", "time_s"]
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    "Tiny models gain nothing from threads; on a shared, loaded machine one thread avoids oversubscription."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 @pytest.fixture(scope="module")
 def ds(): return shakespeare(download=False)
@@ -196,7 +204,7 @@ def test_ddp_two_cpu_ranks_end_identical(tmp_path):
     assert json.loads((tmp_path/"run"/"summary.json").read_text())["world_size"] == 2
 
 def test_cli_train_and_sample(tmp_path):
-    env = {**os.environ}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PYTEST_CURRENT_TEST", None)
     exe = shutil.which("dropout-residual") or str(Path(sys.executable).parent/"dropout-residual")
     out = tmp_path/"run"
@@ -206,8 +214,12 @@ def test_cli_train_and_sample(tmp_path):
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["done"] and summary["iters"] == 4
     assert {"ckpt.pt", "config.json", "history.csv", "summary.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
-    r = subprocess.run([exe, "sample", "--run", str(out), "--tokens", "20", "--prompt", "ROMEO:"], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.startswith("ROMEO:") and len(r.stdout) >= 26
-    r = subprocess.run([exe, "train", "--preset", "smoke", "--out", str(out), "--set", "max_iter=4"], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 2 and "did you mean 'max_iters'" in r.stderr
+    from dropout_residual.cli import main  # the rest in-process: the same entry point, without another torch import
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf): assert main(["sample", "--run", str(out), "--tokens", "20", "--prompt", "ROMEO:"]) == 0
+    assert buf.getvalue().startswith("ROMEO:") and len(buf.getvalue()) >= 26
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err): assert main(["train", "--preset", "smoke", "--out", str(out), "--set", "max_iter=4"]) == 2
+    assert "did you mean 'max_iters'" in err.getvalue()
+    with contextlib.redirect_stderr(err): assert main(["sample", "--run", str(tmp_path/"nothing")]) == 2
+    assert "not a run folder" in err.getvalue()
