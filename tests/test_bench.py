@@ -1,0 +1,60 @@
+"The benchmarks end to end through the command line, at tiny sizes: each prints a table and, last, one JSON line."
+import json, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-c", "import sys; from dropout_residual.cli import main; sys.exit(main())"]
+FAST = ["--threads", "1", "--device", "cpu"]  # one thread: on a loaded shared CPU two spin-waiting threads are far slower
+
+def run_cli(*args, check=True):
+    p = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, env={**os.environ, "IN_TEST": "1"})
+    if check: assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+def last_json(p) -> dict:
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) >= 2, p.stdout  # a table, then the JSON line
+    return json.loads(lines[-1])
+
+def test_bench_train():
+    rec = last_json(run_cli("bench", "train", "--shape", "smoke", "--steps", "2", "--repeats", "2", "--warmup", "1", *FAST))
+    assert rec["bench"] == "train" and rec["shape"] == "smoke" and rec["members"] == 1
+    assert rec["tokens_per_s"] > 0 and rec["reference_tokens_per_s"] > 0 and rec["ms_per_step"] > 0
+    assert rec["speed_vs_reference_per_member"] > 0 and isinstance(rec["target_met"], bool)
+    for k in ("device_name", "torch", "dtype", "compile", "threads"): assert k in rec, k
+    assert rec["threads"] == 1 and rec["compile"] is False and rec["dtype"] == "float32" and rec["mfu"] is None
+
+def test_bench_train_members_no_reference():
+    p = run_cli("bench", "train", "--shape", "smoke", "--members", "3", "--steps", "1", "--repeats", "1",
+                "--warmup", "1", "--no-reference", "--dropout", "0.1", *FAST)
+    rec = last_json(p)
+    assert rec["members"] == 3 and "reference_tokens_per_s" not in rec
+    assert rec["dropout"]["mlp"] == [0.1, 0.1, 0.1]
+    assert "GPT" in p.stdout and "ReferenceGPT" not in p.stdout
+
+def test_bench_grid():
+    p = run_cli("bench", "grid", "--grids", "smoke", "--members", "4", "--steps", "1", "--repeats", "1", "--warmup", "1",
+                "--eval-batches", "1", *FAST)
+    rec = last_json(p)
+    assert rec["bench"] == "grid" and rec["projection"] is True and rec["grids"] == ["smoke"]
+    g = rec["smoke"]
+    assert g["members"] == 4 and g["ratio_per_member"] > 0 and g["distinct_member_configs"] == 3
+    assert g["projected_s"]["stacked"]["total_s"] > 0 and g["projected_s"]["one_at_a_time"]["groups"] == 4
+    assert "PROJECTED" in p.stdout
+
+def test_bench_generate():
+    rec = last_json(run_cli("bench", "generate", "--shape", "smoke", "--new-tokens", "20", "--repeats", "1", "--warmup", "1", *FAST))
+    assert rec["bench"] == "generate" and rec["new_tokens"] == 20 and rec["batch"] == 1
+    assert rec["cache_tokens_per_s"] > 0 and rec["recompute_tokens_per_s"] > 0 and rec["cache_vs_recompute"] > 0
+    assert rec["target"] == 10 and isinstance(rec["target_met"], bool)
+
+def test_bench_bad_input():
+    p = run_cli("bench", "train", "--shape", "paper3", *FAST, check=False)
+    assert p.returncode == 2 and "paper3" in p.stderr
+    p = run_cli("bench", "grid", "--grids", "paper9", *FAST, check=False)
+    assert p.returncode == 2 and "paper9" in p.stderr
+    p = run_cli("bench", "train", "--shape", "smoke", "--threads", "0", check=False)
+    assert p.returncode == 2 and "threads=0" in p.stderr
+    p = run_cli("bench", "--help", check=False)
+    assert p.returncode == 0 and "generate" in p.stdout
