@@ -142,6 +142,22 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(ds, tmp_path, monkeypatc
     ck = T.load_checkpoint(tmp_path/"ckpt.pt")
     assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
+def test_nonfinite_gradients_stop_before_a_checkpoint(ds, tmp_path, monkeypatch):
+    "Finite loss but NaN gradients for member 0 in step 1: stopped at step 1 (gradient norm) before the step-2 checkpoint."
+    m, t = cfgs(ckpt_interval=2, log_interval=4)   # the NaN must be caught at the checkpoint's read, not only at a log step
+    orig, calls = T._build_model, {"n": 0}
+    def poisoned(cfg, seeds):
+        model = orig(cfg, seeds)
+        def hook(g):
+            calls["n"] += 1
+            return g * torch.tensor([float("nan"), 1.0]).view(2, *([1] * (g.dim() - 1))) if calls["n"] == 2 else g
+        model.wte.weight.register_hook(hook)   # a leaf's hook: once per step
+        return model
+    monkeypatch.setattr(T, "_build_model", poisoned)
+    with pytest.raises(T.NonFiniteLossError, match="member 0 has a non-finite gradient norm .* at step 1"): T.train(m, t, ds, out_dir=tmp_path)
+    assert not (tmp_path/"ckpt.pt").exists()  # the first checkpoint (step 2) would have held NaN weights: none written
+    assert T.nonfinite_members(orig(m, [0, 1])) == []
+
 def test_bad_checkpoint_and_other_config_are_refused(ds, tmp_path):
     m, t = cfgs(max_iters=2, eval_interval=2)
     T.train(m, t, ds, out_dir=tmp_path)
