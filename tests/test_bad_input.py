@@ -1,0 +1,28 @@
+"""Bad input across the public API and the command line: each case of `dropout_residual.reliability.BAD_INPUTS`
+(the table the docs page `09b_reliability` renders) must raise its exception type with a message naming the
+offending field or file."""
+import pytest, torch
+
+from dropout_residual.reliability import BAD_INPUTS, run_case
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    "Tiny models on a loaded machine: one intra-op thread is far faster than two spinning ones."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+def test_the_table_is_big_and_ids_unique():
+    ids = [c.id for c in BAD_INPUTS]
+    assert len(ids) >= 30 and len(set(ids)) == len(ids)
+    assert {c.area for c in BAD_INPUTS} >= {"config", "data", "checkpoint", "schedule", "sweep", "analysis", "cli"}
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c.id for c in BAD_INPUTS])
+def test_bad_input(case, tmp_path):
+    row = run_case(case, tmp_path)
+    e = row["exception"]
+    assert e is not None, f"{case.call} raised nothing; expected {case.error.__name__} naming {case.match!r}"
+    if not isinstance(e, case.error): raise AssertionError(f"{case.call} raised {type(e).__name__}, expected {case.error.__name__}") from e
+    assert case.match.replace("{ws}", str(tmp_path)) in str(row["message"]).replace("{ws}", str(tmp_path)), \
+        f"{case.call}: the message does not name {case.match!r}: {row['message']!r}"
