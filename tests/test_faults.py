@@ -6,7 +6,7 @@ A killed run is a child process started from this file (`python tests/test_fault
 hooks wrap functions of the trainer *in the child only* to pick the moment: `clip_grad_norm_per_member`
 runs once per training step (so its k-th call is step k), and `os.replace` is the rename that ends an
 atomic write. The kill itself is a real SIGKILL from outside or from the process to itself."""
-import dataclasses, json, os, random, signal, subprocess, sys, time
+import dataclasses, json, os, random, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import pandas as pd
@@ -203,6 +203,34 @@ def test_sigkill_sweep_midway_then_rerun(children, reference_sweep, mode):
     pd.testing.assert_frame_equal(res.runs[cols], reference_sweep.runs[cols], check_exact=True)
     assert run_sweep(root).trained == 0 and _finished(root) == after      # a third call trains nothing, writes nothing
 
+# ---------------------------------------------------------------- damaged run files
+def _truncate(path):
+    b = path.read_bytes(); path.write_bytes(b[: len(b) // 2]); return path
+
+def _disk_history_is(out, hist):
+    "history.csv on disk holds exactly `hist` (timings aside)."
+    disk = pd.read_csv(out/"history.csv")
+    drop = lambda h: h.drop(columns=[c for c in TIMING_COLS if c in h.columns]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(drop(disk), drop(hist), check_exact=False, rtol=1e-12, check_dtype=False)
+
+def test_resume_rewrites_a_damaged_history_csv(tmp_path):
+    "The checkpoint holds the history; a truncated history.csv in the run folder is replaced from it, never kept."
+    from dropout_residual.reliability import tiny_configs, tiny_data, tiny_run
+    from dropout_residual.train import train
+    out = Path(shutil.copytree(tiny_run(), tmp_path/"run"))
+    _truncate(out/"history.csv"); _truncate(out/"summary.json")
+    res = train(*tiny_configs(), data=tiny_data(), out_dir=out, progress=False)   # a finished run, run again
+    assert json.loads((out/"summary.json").read_text())["done"] is True
+    _disk_history_is(out, res.history)
+
+def test_sweep_rerun_refuses_a_damaged_summary(reference_sweep, tmp_path):
+    "A finished run whose summary.json is torn: the rerun names the file instead of silently retraining or skipping it."
+    root = Path(shutil.copytree(reference_sweep.root, tmp_path/"runs"))
+    victim = root/"paper2"/reference_sweep.runs.run_id[1]/"summary.json"
+    _truncate(victim)
+    with pytest.raises(ValueError) as e: run_sweep(root)
+    assert str(victim) in str(e.value)
+
 # ---------------------------------------------------------------- Ctrl-C in a notebook-driven run
 @pytest.fixture
 def hook_step(monkeypatch):
@@ -225,7 +253,8 @@ def _partial_state(out, k):
     return h
 
 def test_sigint_in_process_saves_partial_history_and_resumes(reference, tmp_path, hook_step):
-    "Jupyter's 'interrupt kernel' is a SIGINT: the step finishes, a checkpoint and the history are saved, resume is exact."
+    """Jupyter's 'interrupt kernel' is a SIGINT: the step finishes, a checkpoint and the history are saved, resume is exact
+    (and the history.csv on disk, damaged here before the resume, ends equal to the returned history)."""
     out, k = tmp_path/"run", 7
     undo = hook_step(k, lambda _: os.kill(os.getpid(), signal.SIGINT))
     with pytest.raises(KeyboardInterrupt): run_train(out)
@@ -233,7 +262,10 @@ def test_sigint_in_process_saves_partial_history_and_resumes(reference, tmp_path
     h = _partial_state(out, k)
     assert h.step.max() == k, f"history.csv should hold the steps up to the interrupted one ({k}), holds up to {h.step.max()}"
     assert ckpt_step(out/"ckpt.pt") == k + 1
-    assert_same_run(run_train(out), reference, f"SIGINT in step {k}, resumed")
+    _truncate(out/"history.csv")
+    res = run_train(out)
+    assert_same_run(res, reference, f"SIGINT in step {k}, resumed")
+    _disk_history_is(out, res.history)
 
 def test_keyboardinterrupt_mid_step_resumes_exactly(reference, tmp_path, hook_step):
     "A KeyboardInterrupt raised inside a step (a second Ctrl-C, or one raised by user code) must not corrupt the resume."
