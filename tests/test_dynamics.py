@@ -149,6 +149,15 @@ def test_mismatched_checkpoints(tmp_path, run):
     with pytest.raises(ValueError, match=r"step_0000003\.pt does not match the model: .* has shape"):
         D.convergence(bad, n_probe=8, progress=False, grads=False)
 
+def test_corrupt_checkpoint_and_other_vocabulary(tmp_path, run):
+    d = tmp_path/"r"; (d/"analysis").mkdir(parents=True)
+    for f in D.analysis_checkpoints(run[0]).values(): (d/"analysis"/f.name).write_bytes(f.read_bytes()[:200])
+    with pytest.raises(ValueError, match="cannot be read"): D.convergence(d, model=GPT(run[1]), progress=False)
+    e = tmp_path/"e"; (e/"analysis").mkdir(parents=True)
+    for f in D.analysis_checkpoints(run[0]).values(): (e/"analysis"/f.name).write_bytes(f.read_bytes())
+    (e/"tokenizer.json").write_text(json.dumps({"kind": "char", "chars": list("abc")}))
+    with pytest.raises(ValueError, match="another vocabulary"): D.convergence(e, progress=False)
+
 def test_probe_shorter_than_block(tmp_path, run):
     d = tmp_path/"r"; (d/"analysis").mkdir(parents=True)
     for f in D.analysis_checkpoints(run[0]).values(): (d/"analysis"/f.name).write_bytes(f.read_bytes())
