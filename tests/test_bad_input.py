@@ -26,3 +26,9 @@ def test_bad_input(case, tmp_path):
     if not isinstance(e, case.error): raise AssertionError(f"{case.call} raised {type(e).__name__}, expected {case.error.__name__}") from e
     assert case.match.replace("{ws}", str(tmp_path)) in str(row["message"]).replace("{ws}", str(tmp_path)), \
         f"{case.call}: the message does not name {case.match!r}: {row['message']!r}"
+
+def test_the_installed_command_exits_2_with_one_clear_line(tmp_path):
+    "The real console script, not just `main()`: bad input is exit code 2 and one line naming the value, no traceback."
+    import subprocess
+    r = subprocess.run(["dropout-residual", "sweep", "paper4", "--runs", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "paper4" in r.stderr and "Traceback" not in r.stderr, r.stderr
