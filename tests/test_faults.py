@@ -104,6 +104,15 @@ def _child(mode: str, out: str, k: int):
             X._write_member = write_member
         run_sweep(out)
         return
+    elif mode == "cli-sigint":            # the terminal's Ctrl-C: SIGINT to itself in step k of `dropout-residual train`
+        from dropout_residual import cli
+        orig, calls = T.clip_grad_norm_per_member, [0]
+        def hooked(*a, **kw):
+            if calls[0] == k: os.kill(os.getpid(), signal.SIGINT)
+            calls[0] += 1
+            return orig(*a, **kw)
+        T.clip_grad_norm_per_member = hooked
+        sys.exit(cli.main(cli_train_args(out)))
     run_train(out)
 
 def start_child(mode, out, k):
@@ -125,6 +134,7 @@ def children(tmp_path_factory):
     seed, rng = fault_rng()
     jobs = {"kill-at-step": rng.randrange(CKPT_EVERY, MAX_ITERS),   # a step after the first checkpoint (step 3)
             "hang-in-ckpt-write": 2,                                 # the second periodic checkpoint (step 6)
+            "cli-sigint": 5,                                         # step 5 of `dropout-residual train`
             **SWEEP_KILLS}
     started = {}
     for mode, k in jobs.items():
@@ -167,6 +177,26 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(children, ref
     assert_same_run(res, reference, "SIGKILL between the temp write and the rename of a checkpoint")
     leftovers = sorted(p.name for p in out.glob(".ckpt.pt.*.tmp"))
     assert leftovers in ([], [tmp.name]), leftovers   # at most the dead temp file; never mistaken for a checkpoint
+
+# ---------------------------------------------------------------- Ctrl-C in a terminal
+def cli_train_args(out):
+    return ["train", "--preset", "smoke", "--set", "max_iters=10", "--set", "ckpt_interval=3", "--set", "log_interval=1",
+            "--set", "attn_dropout=0.1", "--schedule", "adaptive:p0=0.1,step_size=0.05", "--device", "cpu", "--quiet", "--out", str(out)]
+
+def test_ctrl_c_in_the_terminal_exits_130_and_the_same_command_resumes(children, tmp_path):
+    from dropout_residual import cli
+    from dropout_residual.train import load_run
+    p, d, k, _ = children["cli-sigint"]
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 130 and "resume" in err, f"rc={p.returncode}: {err[-2000:]}"
+    out = d/"run"
+    assert ckpt_step(out/"ckpt.pt") == k + 1 and not (out/"summary.json").exists()
+    assert cli.main(cli_train_args(out)) == 0                      # the same command again
+    assert cli.main(cli_train_args(tmp_path/"ref")) == 0           # uninterrupted
+    a, b = load_run(out)[0].state_dict(), load_run(tmp_path/"ref")[0].state_dict()
+    assert all(torch.equal(a[n], b[n]) for n in a), "the resumed command ends with other weights"
+    ha, hb = (pd.read_csv(x/"history.csv").drop(columns=TIMING_COLS) for x in (out, tmp_path/"ref"))
+    pd.testing.assert_frame_equal(ha, hb)
 
 # ---------------------------------------------------------------- SIGKILL a sweep midway
 SWEEP_LABELS = 4   # the first four schedules of paper 2, two groups of two members
