@@ -1,8 +1,9 @@
 "The benchmarks end to end through the command line, at tiny sizes: each prints a table and, last, one JSON line."
-import json, os, subprocess, sys
-from pathlib import Path
+import contextlib, io, json, os, subprocess, sys
 
-import pytest
+import torch
+
+from dropout_residual.cli import main
 
 CLI = [sys.executable, "-c", "import sys; from dropout_residual.cli import main; sys.exit(main())"]
 FAST = ["--threads", "1", "--device", "cpu"]  # one thread: on a loaded shared CPU two spin-waiting threads are far slower
@@ -25,13 +26,22 @@ def test_bench_train():
     for k in ("device_name", "torch", "dtype", "compile", "threads"): assert k in rec, k
     assert rec["threads"] == 1 and rec["compile"] is False and rec["dtype"] == "float32" and rec["mfu"] is None
 
+def in_process(*args) -> tuple[int, str, str]:
+    "The CLI in this process (no interpreter start-up): exit code, stdout, stderr."
+    out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main(list(args))
+    assert torch.get_num_threads() == threads  # --threads is restored afterwards
+    return rc, out.getvalue(), err.getvalue()
+
 def test_bench_train_members_no_reference():
-    p = run_cli("bench", "train", "--shape", "smoke", "--members", "3", "--steps", "1", "--repeats", "1",
-                "--warmup", "1", "--no-reference", "--dropout", "0.1", *FAST)
-    rec = last_json(p)
+    rc, out, err = in_process("bench", "train", "--shape", "smoke", "--members", "3", "--steps", "1", "--repeats", "1",
+                              "--warmup", "1", "--no-reference", "--dropout", "0.1", *FAST)
+    assert rc == 0, err
+    rec = json.loads(out.strip().splitlines()[-1])
     assert rec["members"] == 3 and "reference_tokens_per_s" not in rec
     assert rec["dropout"]["mlp"] == [0.1, 0.1, 0.1]
-    assert "GPT" in p.stdout and "ReferenceGPT" not in p.stdout
+    assert "GPT" in out and "ReferenceGPT" not in out
 
 def test_bench_grid():
     p = run_cli("bench", "grid", "--grids", "smoke", "--members", "4", "--steps", "1", "--repeats", "1", "--warmup", "1",
@@ -39,8 +49,8 @@ def test_bench_grid():
     rec = last_json(p)
     assert rec["bench"] == "grid" and rec["projection"] is True and rec["grids"] == ["smoke"]
     g = rec["smoke"]
-    assert g["members"] == 4 and g["ratio_per_member"] > 0 and g["distinct_member_configs"] == 3
-    assert g["projected_s"]["stacked"]["total_s"] > 0 and g["projected_s"]["one_at_a_time"]["groups"] == 4
+    assert g["members"] == 4 and g["runs"] == 20 and g["ratio_per_member"] > 0 and g["distinct_member_configs"] == 9
+    assert g["projected_s"]["stacked"]["total_s"] > 0 and g["projected_s"]["one_at_a_time"]["groups"] == 20 and g["projected_s"]["stacked"]["groups"] == 5
     assert "PROJECTED" in p.stdout
 
 def test_bench_generate():
@@ -50,11 +60,11 @@ def test_bench_generate():
     assert rec["target"] == 10 and isinstance(rec["target_met"], bool)
 
 def test_bench_bad_input():
-    p = run_cli("bench", "train", "--shape", "paper3", *FAST, check=False)
-    assert p.returncode == 2 and "paper3" in p.stderr
-    p = run_cli("bench", "grid", "--grids", "paper9", *FAST, check=False)
-    assert p.returncode == 2 and "paper9" in p.stderr
-    p = run_cli("bench", "train", "--shape", "smoke", "--threads", "0", check=False)
-    assert p.returncode == 2 and "threads=0" in p.stderr
-    p = run_cli("bench", "--help", check=False)
-    assert p.returncode == 0 and "generate" in p.stdout
+    for args, word in [(("bench", "train", "--shape", "paper3"), "paper3"), (("bench", "grid", "--grids", "paper9"), "paper9"),
+                       (("bench", "train", "--shape", "smoke", "--threads", "0"), "threads=0"),
+                       (("bench", "generate", "--shape", "smoke", "--repeats", "0", "--device", "cpu"), "repeats=0"),
+                       (("bench", "train", "--compile-mode", "fast", "--device", "cpu"), "compile_mode='fast'")]:
+        rc, out, err = in_process(*args)
+        assert rc == 2 and word in err, (args, err)
+    with contextlib.redirect_stdout(io.StringIO()) as out, __import__("pytest").raises(SystemExit) as e: main(["bench", "--help"])
+    assert e.value.code == 0 and "generate" in out.getvalue()
