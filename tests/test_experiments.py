@@ -1,14 +1,22 @@
 "End-to-end checks of the run store and sweeps: kill and rerun, grouping, hashes, collisions, Ray, the CLI."
-import json, os, signal, subprocess, sys, textwrap, time
+import json, os, signal, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
+import pytest, torch
 
 from dropout_residual import experiments as X
 
 METRICS = ["best_val_loss", "final_train_loss", "final_val_loss"]
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    "Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two (no spinning)."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 def _sweep(root, **kw):
     kw = {"preset": "smoke", "progress": False, **kw}
@@ -104,7 +112,8 @@ KILL_SWEEP = f"import sys; from dropout_residual import experiments as X; X.swee
 
 def test_kill_and_rerun(tmp_path):
     killed, ref = tmp_path/"killed", tmp_path/"ref"
-    p = subprocess.Popen([sys.executable, "-c", KILL_SWEEP, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-c", KILL_SWEEP, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         t0 = time.time()
         while len(_done(killed, "paper2")) < 2:           # wait until the first group has written its members ...
