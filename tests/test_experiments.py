@@ -108,7 +108,17 @@ def test_stats_t_interval_and_n1():
 # --- kill and rerun -----------------------------------------------------------------------------------
 
 KW = dict(max_members=2, overrides={"ckpt_interval": 2})   # paper2 smoke: 7 runs in 4 groups (2, 2, 2, 1)
-KILL_SWEEP = f"import sys; from dropout_residual import experiments as X; X.sweep('paper2', 'smoke', root=sys.argv[1], progress=True, **{KW!r})"
+# the killed sweep pauses 0.3 s after each training checkpoint, so that on any machine the kill lands mid-training
+KILL_SWEEP = f"""
+import sys, time
+import dropout_residual.train as T
+_save = T.save_checkpoint
+def slow_save(*a, **k):
+    out = _save(*a, **k); time.sleep(0.3); return out
+T.save_checkpoint = slow_save
+from dropout_residual import experiments as X
+X.sweep('paper2', 'smoke', root=sys.argv[1], progress=True, **{KW!r})
+"""
 
 def test_kill_and_rerun(tmp_path):
     killed, ref = tmp_path/"killed", tmp_path/"ref"
