@@ -206,7 +206,7 @@ def test_rates_survive_state_dict():
 def test_rate_changes_do_not_recompile():
     from torch._dynamo.testing import CompileCounter
     torch._dynamo.reset()
-    m = GPT(small(n_members=2, skips=(1, 2), attn_dropout=0.1, skip_dropout=0.1)).train()
+    m = GPT(small(n_layer=2, n_members=2, skips=(1, 2), attn_dropout=0.1, skip_dropout=0.1)).train()
     cnt = CompileCounter()
     cm = torch.compile(m, backend=cnt, fullgraph=True)
     x, y = torch.randint(0, 65, (2, 2, 16)), torch.randint(0, 65, (2, 2, 16))
