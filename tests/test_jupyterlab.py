@@ -133,6 +133,7 @@ SETUP = """
 import os
 os.environ["IN_TEST"] = "1"          # the notebooks' own switch to the smoke preset
 os.environ["MPLBACKEND"] = "Agg"
+import torch; torch.set_num_threads(1)   # tiny models on a shared machine: threads only spin
 os.chdir({cwd!r})
 """
 
