@@ -53,6 +53,18 @@ def test_paper3_panel_in_a_live_kernel_display_path(tmp_path, monkeypatch):
     assert "skip mode" not in panel.describe()
 
 
+def test_command_is_what_the_cli_parses(tmp_path):
+    "The panel's command line is a valid `dropout-residual sweep` call with the panel's selection."
+    import shlex
+    from dropout_residual.cli import build_parser
+    panel = ExperimentPanel("paper1", preset="quick", seeds=3, skip_mode="add", root=tmp_path/"my runs")
+    panel.configs.value = panel.configs.options[:2]
+    args = build_parser().parse_args(shlex.split(panel.command())[1:])
+    assert (args.command, args.experiment, args.preset, args.seeds) == ("sweep", "paper1", "quick", 3)
+    assert args.set == ["skip_mode=add"] and args.label == list(panel.configs.options[:2])
+    assert args.runs == str(tmp_path/"my runs")
+
+
 def test_static_env_and_errors(tmp_path, monkeypatch):
     monkeypatch.setenv(widgets.WIDGETS_ENV, "static")
     assert not widgets.live_kernel()
