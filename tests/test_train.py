@@ -11,14 +11,6 @@ from dropout_residual.model import GPTConfig
 
 TIMING = ["tokens_per_s", "time_s"]
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "Tiny models gain nothing from threads; on a shared, loaded machine one thread avoids oversubscription."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 @pytest.fixture(scope="module")
 def ds(): return shakespeare(download=False)
 
