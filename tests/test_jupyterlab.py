@@ -157,6 +157,9 @@ def test_panel_runs_in_a_real_kernel(tmp_path):
     with JupyterLabServer(tmp_path, env={"TMPDIR": str(tmp_path/"tmp")}) as server:
         status = server.api("GET", "api/status")
         assert "started" in status
+        # the lab front end serves the ipywidgets manager, so panels render as widgets in a browser
+        extensions = [e["name"] for e in server.api("GET", "lab/api/extensions")]
+        assert any("jupyterlab-manager" in n for n in extensions), extensions
         kernel = server.api("POST", "api/kernels", {"name": "python3"})
         assert kernel["name"] == "python3"
         try:
