@@ -282,12 +282,13 @@ def test_draw_topology_every_mode():
     assert "skips (2,)" in fig.axes[0].get_title()
 
 # ---- generation ----------------------------------------------------------------------------------
-def test_generate_cache_equals_no_cache_beyond_block_size():
-    "Same seed, same samples, with members and a batch, far beyond block_size (the window slides)."
+@pytest.mark.parametrize("window", ["exact", "slide"])
+def test_generate_cache_equals_no_cache_beyond_block_size(window):
+    "Same seed, same samples, with members and a batch, far beyond block_size (the window moves), for both policies."
     torch.manual_seed(0)
     m = GPT(small(n_members=2, skips=(1, 2), member_skips=((1,), (2,)), attn_dropout=0.3)).train()
     start = torch.randint(0, 65, (2, 3, 5))
-    kw = dict(max_new_tokens=40, temperature=0.8, top_k=20)
+    kw = dict(max_new_tokens=40, temperature=0.8, top_k=20, window=window)
     a = m.generate(start, use_cache=True, generator=torch.Generator().manual_seed(7), **kw)
     b = m.generate(start, use_cache=False, generator=torch.Generator().manual_seed(7), **kw)
     assert a.shape == (2, 3, 45) and torch.equal(a, b)
@@ -296,6 +297,18 @@ def test_generate_cache_equals_no_cache_beyond_block_size():
     # each member generates what it generates alone
     c = m.member(1).generate(start[1], generator=torch.Generator().manual_seed(7), **kw)
     assert c.shape == (1, 3, 45)
+
+def test_generate_slide_window_is_a_fresh_half_block():
+    "After a slide the model sees the last block_size//2 tokens at positions 0.. (greedy: compare with a plain forward)."
+    torch.manual_seed(0)
+    m = GPT(small()).eval()                                    # block_size=16: slides at 17 tokens, keeps 8
+    start = torch.randint(0, 65, (1, 16))                       # a full window
+    out = m.generate(start, 3, temperature=0, window="slide")[0]   # (B, 19)
+    assert torch.equal(out[:, 16], m(start)[0][0, :, -1].argmax(-1))         # the full window
+    assert torch.equal(out[:, 17], m(out[:, 9:17])[0][0, :, -1].argmax(-1))  # slid: the last 8 tokens
+    assert torch.equal(out[:, 18], m(out[:, 9:18])[0][0, :, -1].argmax(-1))  # then cached, growing
+    assert torch.equal(out, m.generate(start, 3, temperature=0, window="slide", use_cache=False)[0])
+    with pytest.raises(ValueError, match="window='ring'"): m.generate(start, 3, window="ring")
 
 def test_cached_logits_equal_full_forward():
     torch.manual_seed(0)
