@@ -63,3 +63,20 @@ def test_saved_figures_reach_the_docs(processed):
     for p in with_figs:
         q = processed/p.relative_to(NBS)
         assert any("image/png" in o.get("data", {}) for o in _outputs(q)), f"{p.name}: figures lost in processing"
+
+def _code_cells(nb_path):
+    return [("".join(c["source"]), i) for i, c in enumerate(json.loads(nb_path.read_text())["cells"]) if c["cell_type"] == "code"]
+
+@pytest.mark.parametrize("nb", sorted(str(p.relative_to(NBS)) for p in NBS.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts))
+def test_imports_in_their_own_cells(nb):
+    """nbdev's docs processing executes every cell that imports something: such a cell must hold
+    only imports (exported cells excepted), or building the docs would run notebook code."""
+    import ast
+    bad = []
+    for src, i in _code_cells(NBS/nb):
+        if re.search(r"^#\|\s*export", src, re.M): continue
+        try: tree = ast.parse("\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!"))))
+        except SyntaxError: continue
+        kinds = [isinstance(s, (ast.Import, ast.ImportFrom)) for s in tree.body]
+        if any(kinds) and not all(kinds): bad.append(i)
+    assert not bad, f"{nb}: cells {bad} mix imports with other code; put the imports in a cell of their own"
