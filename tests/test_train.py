@@ -178,6 +178,17 @@ def test_load_run_and_generation_speed(straight):
     for k, v in straight.model.state_dict().items(): assert torch.equal(v, model.state_dict()[k]), k
     r = T.measure_generation(model, n_tokens=8, repeats=2, warmup=1, use_cache=False)
     assert r["tokens_per_s"] > 0 and len(r["seconds"]) == 2 and r["n_members"] == 2
+    r = T.measure_generation(model, n_tokens=40, repeats=1, warmup=0, window="slide")   # past block_size=16
+    assert r["window"] == "slide" and r["tokens_per_s"] > 0
+
+def test_compile_mode_field():
+    "compile_mode: None (torch's default) or one of torch.compile's modes, checked; it round-trips through JSON."
+    t = T.TrainConfig.smoke(compile=True, compile_mode="max-autotune-no-cudagraphs")
+    assert T.TrainConfig.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+    assert T.TrainConfig.smoke().compile_mode is None
+    with pytest.raises(ValueError, match="compile_mode='fast' must be None"): T.TrainConfig.smoke(compile_mode="fast")
+    assert T.uses_cudagraphs(True, "reduce-overhead", "cuda") and not T.uses_cudagraphs(True, "reduce-overhead", "cpu")
+    assert not T.uses_cudagraphs(True, None, "cuda") and not T.uses_cudagraphs(True, "max-autotune-no-cudagraphs", "cuda")
 
 DDP_SCRIPT = textwrap.dedent('''
     import hashlib, os, sys, torch
