@@ -158,6 +158,12 @@ def test_corrupt_checkpoint_and_other_vocabulary(tmp_path, run):
     (e/"tokenizer.json").write_text(json.dumps({"kind": "char", "chars": list("abc")}))
     with pytest.raises(ValueError, match="another vocabulary"): D.convergence(e, progress=False)
 
+def test_corrupt_run_config_is_named(tmp_path, run):
+    d = tmp_path/"r"; (d/"analysis").mkdir(parents=True)
+    for f in D.analysis_checkpoints(run[0]).values(): (d/"analysis"/f.name).write_bytes(f.read_bytes())
+    (d/"config.json").write_text('{"model": {"n_layer": 2')  # cut short
+    with pytest.raises(ValueError, match="config.json is corrupt"): D.convergence(d, progress=False)
+
 def test_probe_shorter_than_block(tmp_path, run):
     d = tmp_path/"r"; (d/"analysis").mkdir(parents=True)
     for f in D.analysis_checkpoints(run[0]).values(): (d/"analysis"/f.name).write_bytes(f.read_bytes())
