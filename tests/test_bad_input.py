@@ -1,17 +1,9 @@
 """Bad input across the public API and the command line: each case of `dropout_residual.reliability.BAD_INPUTS`
 (the table the docs page `09b_reliability` renders) must raise its exception type with a message naming the
 offending field or file."""
-import pytest, torch
+import pytest
 
 from dropout_residual.reliability import BAD_INPUTS, run_case
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny models on a loaded machine: one intra-op thread is far faster than two spinning ones."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def test_the_table_is_big_and_ids_unique():
     ids = [c.id for c in BAD_INPUTS]

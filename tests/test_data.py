@@ -1,5 +1,5 @@
 "End-to-end checks of the data pipeline: where the file comes from, checksums, offline errors, bad input."
-import functools, hashlib, http.server, os, shutil, subprocess, sys, threading
+import functools, http.server, os, shutil, subprocess, sys, threading
 from pathlib import Path
 
 import pytest, torch

@@ -4,19 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest, torch
+import pytest
 
 from dropout_residual import experiments as X
 
 METRICS = ["best_val_loss", "final_train_loss", "final_val_loss"]
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two (no spinning)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def _sweep(root, **kw):
     kw = {"preset": "smoke", "progress": False, **kw}

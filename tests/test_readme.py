@@ -1,5 +1,4 @@
-import shlex, subprocess, re
-from pathlib import Path
+import re
 from readme import ROOT, render_index
 
 def test_readme_in_sync_with_index():

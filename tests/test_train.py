@@ -1,5 +1,5 @@
 "End-to-end checks of the training loop: bitwise resume, per-member isolation, NaN stops, DDP under torchrun, the CLI."
-import contextlib, hashlib, io, json, os, shutil, signal, subprocess, sys, textwrap
+import contextlib, io, json, os, shutil, signal, subprocess, sys, textwrap
 from pathlib import Path
 
 import pandas as pd, pytest, torch

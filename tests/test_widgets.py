@@ -1,6 +1,6 @@
 """The experiment panel end to end, by calling its handlers: redraws after every member group, paper 3's
 convergence figures, the display path a live kernel takes, and the static display without one."""
-import pytest, torch
+import pytest
 
 import matplotlib
 matplotlib.use("Agg")
@@ -8,15 +8,6 @@ matplotlib.use("Agg")
 from dropout_residual import widgets
 from dropout_residual.experiments import get_experiment, load_runs
 from dropout_residual.widgets import ExperimentPanel
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Tiny models on a shared 2-core machine: one intra-op thread is faster than two (no spinning)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_redraws_after_each_group_and_resumes(tmp_path, monkeypatch):
