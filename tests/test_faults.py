@@ -58,16 +58,20 @@ def ckpt_step(path):
     return int(load_checkpoint(path)["step"])
 
 # ---------------------------------------------------------------- the child process
+def _kill_at_step(T, k: int):
+    "SIGKILL this process in the middle of training step k (after backward): the clip runs once a step."
+    orig, calls = T.clip_grad_norm_per_member, [0]
+    def hooked(*a, **kw):
+        if calls[0] == k: os.kill(os.getpid(), signal.SIGKILL)
+        calls[0] += 1
+        return orig(*a, **kw)
+    T.clip_grad_norm_per_member = hooked
+
 def _child(mode: str, out: str, k: int):
     "Train the fault run in this process, dying as `mode` says at step (or checkpoint) `k`."
     import dropout_residual.train as T
     if mode == "kill-at-step":            # SIGKILL itself in the middle of step k (after backward)
-        orig, calls = T.clip_grad_norm_per_member, [0]
-        def hooked(*a, **kw):
-            if calls[0] == k: os.kill(os.getpid(), signal.SIGKILL)
-            calls[0] += 1
-            return orig(*a, **kw)
-        T.clip_grad_norm_per_member = hooked
+        _kill_at_step(T, k)
     elif mode == "hang-in-ckpt-write":    # the k-th ckpt.pt write: temp file complete, hang before the rename
         real, n = os.replace, [0]
         def replace(src, dst, *a, **kw):
@@ -81,12 +85,7 @@ def _child(mode: str, out: str, k: int):
     elif mode in ("sweep-kill-in-training", "sweep-kill-mid-split"):
         import dropout_residual.experiments as X
         if mode == "sweep-kill-in-training":   # step k counted over all groups' training steps
-            orig, calls = T.clip_grad_norm_per_member, [0]
-            def hooked(*a, **kw):
-                if calls[0] == k: os.kill(os.getpid(), signal.SIGKILL)
-                calls[0] += 1
-                return orig(*a, **kw)
-            T.clip_grad_norm_per_member = hooked
+            _kill_at_step(T, k)
         else:                                 # the k-th run folder written out of a trained group
             orig_w, calls = X._write_member, [0]
             def write_member(*a, **kw):
