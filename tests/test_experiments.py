@@ -140,6 +140,44 @@ def test_kill_and_rerun(tmp_path):
     pd.testing.assert_frame_equal(res.runs[cols], full.runs[cols])     # the same numbers as a sweep never killed
     pd.testing.assert_frame_equal(res.table, full.table)
 
+# --- two sweeps on one root -------------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from dropout_residual.experiments import group_lock
+with group_lock(sys.argv[1]):
+    Path(sys.argv[2]).write_text("held")
+    time.sleep(600)
+"""
+
+def test_a_group_another_process_trains_is_skipped_then_found(tmp_path, capsys):
+    from dropout_residual.cli import main
+    args = ["sweep", "paper2", "--preset", "smoke", "--max-members", "4", "--runs", str(tmp_path), "--quiet"]
+    groups = X.plan_groups(X.experiment_runs("paper2", "smoke", 1), tmp_path, max_members=4)
+    assert len(groups) == 2
+    busy, held = groups[1], tmp_path/"held"
+    p = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(busy), str(held)], stderr=subprocess.PIPE)
+    try:
+        t0 = time.time()
+        while not held.exists():
+            assert p.poll() is None, p.stderr.read().decode()[-2000:]
+            assert time.time() - t0 < 120, "the lock holder never started"
+            time.sleep(0.05)
+        assert main(args) == 75                                   # EX_TEMPFAIL: the busy group is left to its holder
+        err = capsys.readouterr().err
+        assert f"group {busy} is being trained by pid {p.pid}" in err and "1 of 2 groups" in err, err
+        members = json.loads((busy/"group.json").read_text())["members"]
+        assert sorted(_done(tmp_path, "paper2")) == sorted(set(json.loads((groups[0]/"group.json").read_text())["members"]))
+        assert not (busy/"ckpt.pt").exists() and not any((tmp_path/"paper2"/m/"summary.json").exists() for m in members)
+    finally:
+        p.kill(); p.wait()                                         # a killed holder releases its lock
+    before = _mtimes(tmp_path, "paper2")
+    assert main(args) == 0
+    assert len(_done(tmp_path, "paper2")) == 7
+    after = _mtimes(tmp_path, "paper2")
+    assert {r: after[r] for r in before} == before, "the first group's runs were trained again"
+
 # --- Ray ----------------------------------------------------------------------------------------------
 
 def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
