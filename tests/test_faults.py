@@ -58,14 +58,18 @@ def ckpt_step(path):
     return int(load_checkpoint(path)["step"])
 
 # ---------------------------------------------------------------- the child process
-def _kill_at_step(T, k: int):
-    "SIGKILL this process in the middle of training step k (after backward): the clip runs once a step."
-    orig, calls = T.clip_grad_norm_per_member, [0]
+def _signal_on_call(module, name: str, k: int, sig=signal.SIGKILL):
+    "Send `sig` to this process at the start of call number k (from 0) of `module.name`."
+    orig, calls = getattr(module, name), [0]
     def hooked(*a, **kw):
-        if calls[0] == k: os.kill(os.getpid(), signal.SIGKILL)
+        if calls[0] == k: os.kill(os.getpid(), sig)
         calls[0] += 1
         return orig(*a, **kw)
-    T.clip_grad_norm_per_member = hooked
+    setattr(module, name, hooked)
+
+def _kill_at_step(T, k: int):
+    "SIGKILL this process in the middle of training step k (after backward): the clip runs once a step."
+    _signal_on_call(T, "clip_grad_norm_per_member", k)
 
 def _child(mode: str, out: str, k: int):
     "Train the fault run in this process, dying as `mode` says at step (or checkpoint) `k`."
@@ -87,22 +91,12 @@ def _child(mode: str, out: str, k: int):
         if mode == "sweep-kill-in-training":   # step k counted over all groups' training steps
             _kill_at_step(T, k)
         else:                                 # the k-th run folder written out of a trained group
-            orig_w, calls = X._write_member, [0]
-            def write_member(*a, **kw):
-                if calls[0] == k: os.kill(os.getpid(), signal.SIGKILL)
-                calls[0] += 1
-                return orig_w(*a, **kw)
-            X._write_member = write_member
+            _signal_on_call(X, "_write_member", k)
         run_sweep(out)
         return
     elif mode == "cli-sigint":            # the terminal's Ctrl-C: SIGINT to itself in step k of `dropout-residual train`
         from dropout_residual import cli
-        orig, calls = T.clip_grad_norm_per_member, [0]
-        def hooked(*a, **kw):
-            if calls[0] == k: os.kill(os.getpid(), signal.SIGINT)
-            calls[0] += 1
-            return orig(*a, **kw)
-        T.clip_grad_norm_per_member = hooked
+        _signal_on_call(T, "clip_grad_norm_per_member", k, signal.SIGINT)
         sys.exit(cli.main(cli_train_args(out)))
     run_train(out)
 
