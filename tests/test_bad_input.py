@@ -1,5 +1,5 @@
 """Bad input across the public API and the command line: each case of `dropout_residual.reliability.BAD_INPUTS`
-(the table the docs page `09b_reliability` renders) must raise its exception type with a message naming the
+(the table the docs page `19_reliability` renders) must raise its exception type with a message naming the
 offending field or file."""
 import pytest
 

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest, torch
 
 from dropout_residual import dynamics as D
+from dropout_residual import viz as VZ
 from dropout_residual.data import shakespeare
-from dropout_residual.model import GPT, GPTConfig
+from dropout_residual.config import GPTConfig
+from dropout_residual.model import GPT
 
 # ---- metrics against the textbook formulas ------------------------------------------------------
 
@@ -127,7 +129,7 @@ def test_settling_and_plots(run, table):
     assert s.settle_frac.between(0, 1).all()
     assert set(D.settling_steps(table, by_head=True)["head"]) == {-1, 0, 1}
     two = pd.concat([table, table.assign(model="other")])
-    for fig in (D.plot_cka_heatmap(table), D.plot_settling(two), D.plot_per_vs_cka(two)):
+    for fig in (VZ.plot_cka_heatmap(table), VZ.plot_settling(two), VZ.plot_per_vs_cka(two)):
         assert isinstance(fig, matplotlib.figure.Figure)
         matplotlib.pyplot.close(fig)
 

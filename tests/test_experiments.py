@@ -6,13 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dropout_residual import experiments as X
+import dropout_residual
+
+from dropout_residual import utils as U, store as ST, papers as PP, stats as SS, sweep as SW
 
 METRICS = ["best_val_loss", "final_train_loss", "final_val_loss"]
 
 def _sweep(root, **kw):
     kw = {"preset": "smoke", "progress": False, **kw}
-    return X.sweep(kw.pop("experiment", "paper1"), root=root, **kw)
+    return SW.sweep(kw.pop("experiment", "paper1"), root=root, **kw)
 
 def _mtimes(root, experiment="paper1"):
     return {p.parent.name: p.stat().st_mtime_ns for p in (Path(root)/experiment).glob("*/summary.json")}
@@ -24,50 +26,50 @@ def _done(root, experiment="paper1"):
 # --- hashes -----------------------------------------------------------------------------------------
 
 def test_hash_is_stable_across_processes():
-    specs = X.experiment_runs("paper2", "smoke", seeds=2)
-    code = ("from dropout_residual import experiments as X;"
-            "print(' '.join(s.run_id for s in X.experiment_runs('paper2', 'smoke', seeds=2)))")
+    specs = PP.experiment_runs("paper2", "smoke", seeds=2)
+    code = ("from dropout_residual import papers as PP;"
+            "print(' '.join(s.run_id for s in PP.experiment_runs('paper2', 'smoke', seeds=2)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": "123"})
     assert out.stdout.split() == [s.run_id for s in specs]
     assert len({s.run_id for s in specs}) == len(specs) == 14
     # every field counts, except where the run happens
     s = specs[0]
-    assert X.config_hash(X.normalise_config(s.model_cfg, s.train_cfg.__class__(**{**s.train_cfg.to_dict(), "device": "cpu", "out_dir": "/x"}), s.schedule)) == s.run_id
-    assert X.config_hash(s.config, "9.9.9") != s.run_id
+    assert ST.config_hash(ST.normalise_config(s.model_cfg, s.train_cfg.__class__(**{**s.train_cfg.to_dict(), "device": "cpu", "out_dir": "/x"}), s.schedule)) == s.run_id
+    assert ST.config_hash(s.config, "9.9.9") != s.run_id
 
 # --- collisions -------------------------------------------------------------------------------------
 
 def test_collision_is_refused(tmp_path):
-    spec = X.experiment_runs("paper2", "smoke", labels=["fixed"])[0]
-    folder = X.prepare_run(spec, tmp_path)
+    spec = PP.experiment_runs("paper2", "smoke", labels=["fixed"])[0]
+    folder = ST.prepare_run(spec, tmp_path)
     meta = json.loads((folder/"run.json").read_text())
     meta["config"]["train"]["lr"] = 0.5                       # another config under this hash
     (folder/"run.json").write_text(json.dumps(meta))
-    with pytest.raises(X.RunCollisionError, match="hash"):
+    with pytest.raises(ST.RunCollisionError, match="hash"):
         _sweep(tmp_path, experiment="paper2", labels=["fixed"])
     # a consistent folder (its name is the hash of its own config) asked for another config is refused too
-    with pytest.raises(X.RunCollisionError, match="fields differ: train.lr"):
-        X.check_run_folder(_forge(tmp_path, spec), spec.config)
+    with pytest.raises(ST.RunCollisionError, match="fields differ: train.lr"):
+        ST.check_run_folder(_forge(tmp_path, spec), spec.config)
 
 def _forge(tmp_path, spec):
     "A run folder named by the hash of a config with another lr; returns the config it is asked for."
     other = json.loads(json.dumps(spec.config)); other["train"]["lr"] = 0.5
-    forged = tmp_path/"paper2"/X.config_hash(other)
-    X.write_json(forged/"run.json", {"config": other, "version": X.dropout_residual.__version__})
+    forged = tmp_path/"paper2"/ST.config_hash(other)
+    U.write_json(forged/"run.json", {"config": other, "version": dropout_residual.__version__})
     return forged  # check_run_folder(forged, spec.config) -> fields differ
 
 # --- grouping -----------------------------------------------------------------------------------------
 
 def test_grouping_and_member_equivalence(tmp_path):
-    specs = X.experiment_runs("paper1", "smoke")
-    groups = X.plan_groups(specs, tmp_path/"a", "cpu", max_members=8)
+    specs = PP.experiment_runs("paper1", "smoke")
+    groups = SW.plan_groups(specs, tmp_path/"a", "cpu", max_members=8)
     sizes = [len(json.loads((g/"group.json").read_text())["members"]) for g in groups]
     assert sizes == [7, 7, 6]
-    assert X.plan_groups(specs, tmp_path/"a", "cpu", max_members=8) == groups   # the plan is on disk: same groups
+    assert SW.plan_groups(specs, tmp_path/"a", "cpu", max_members=8) == groups   # the plan is on disk: same groups
     # different shapes never share a group
-    p3 = X.experiment_runs("paper3", "smoke", seeds=2)
-    g3 = X.plan_groups(p3, tmp_path/"b", "cpu")
+    p3 = PP.experiment_runs("paper3", "smoke", seeds=2)
+    g3 = SW.plan_groups(p3, tmp_path/"b", "cpu")
     assert len(g3) == 7 and all(len(json.loads((g/"group.json").read_text())["members"]) == 2 for g in g3)
     # a member without dropout computes what it computes alone (same init, same batches, no masks)
     grouped = _sweep(tmp_path/"c", overrides={"attn_dropout": 0.0, "max_iters": 4}, labels=PAPER1_SOME, max_members=4)
@@ -80,19 +82,19 @@ def test_grouping_and_member_equivalence(tmp_path):
 PAPER1_SOME = ["skip1-attn0-mlp0-sd0", "skip1-attn0.2-mlp0-sd0.025", "skip2-attn0.2-mlp0-sd0", "skip4-attn0.2-mlp0-sd0"]
 
 def test_memory_aware_group_size(monkeypatch):
-    s = X.experiment_runs("paper1", "paper")[0]
-    per = X.member_bytes(s.model_cfg, s.train_cfg)
-    monkeypatch.setenv(X.GROUP_BYTES_ENV, str(3 * per + 1))
-    assert X.max_group_size(s.model_cfg, s.train_cfg, "cpu") == 3
-    monkeypatch.setenv(X.GROUP_BYTES_ENV, "1")
-    assert X.max_group_size(s.model_cfg, s.train_cfg, "cpu") == 1
+    s = PP.experiment_runs("paper1", "paper")[0]
+    per = SW.member_bytes(s.model_cfg, s.train_cfg)
+    monkeypatch.setenv(SW.GROUP_BYTES_ENV, str(3 * per + 1))
+    assert SW.max_group_size(s.model_cfg, s.train_cfg, "cpu") == 3
+    monkeypatch.setenv(SW.GROUP_BYTES_ENV, "1")
+    assert SW.max_group_size(s.model_cfg, s.train_cfg, "cpu") == 1
 
 # --- stats --------------------------------------------------------------------------------------------
 
 def test_stats_t_interval_and_n1():
     from scipy import stats
     runs = pd.DataFrame({"experiment": "paper1", "label": ["a", "a", "a", "b"], "best_val_loss": [1.0, 1.2, 1.1, 2.0], "done": True})
-    s = X.summarise(runs).set_index("label")
+    s = SS.summarise(runs).set_index("label")
     half = stats.t.ppf(0.975, 2) * np.std([1.0, 1.2, 1.1], ddof=1) / np.sqrt(3)
     assert s.loc["a", "n"] == 3 and np.isclose(s.loc["a", "ci_high"] - 1.1, half)
     assert np.isnan(s.loc["b", "ci_low"]) and "n=1" in s.loc["b", "note"]
@@ -104,12 +106,13 @@ KW = dict(max_members=2, overrides={"ckpt_interval": 2})   # paper2 smoke: 7 run
 KILL_SWEEP = f"""
 import sys, time
 import dropout_residual.train as T
-_save = T.save_checkpoint
+from dropout_residual import checkpoint as CK
+_save = CK.save_checkpoint
 def slow_save(*a, **k):
     out = _save(*a, **k); time.sleep(0.3); return out
-T.save_checkpoint = slow_save
-from dropout_residual import experiments as X
-X.sweep('paper2', 'smoke', root=sys.argv[1], progress=True, **{KW!r})
+CK.save_checkpoint = slow_save
+from dropout_residual import utils as U, store as ST, papers as PP, stats as SS, sweep as SW
+SW.sweep('paper2', 'smoke', root=sys.argv[1], progress=True, **{KW!r})
 """
 
 def test_kill_and_rerun(tmp_path):
@@ -129,13 +132,13 @@ def test_kill_and_rerun(tmp_path):
         p.wait()
     before, n_done = _mtimes(killed, "paper2"), len(_done(killed, "paper2"))
     assert 2 <= n_done < 7, n_done
-    res = X.sweep("paper2", "smoke", root=killed, progress=False, **KW)
+    res = SW.sweep("paper2", "smoke", root=killed, progress=False, **KW)
     assert res.trained == 7 - n_done                       # only the unfinished runs were trained
     after = _mtimes(killed, "paper2")
     assert {r: after[r] for r in before} == before, "finished runs were written again"
     assert res.runs["done"].all() and len(res.runs) == 7
     assert not list((killed/"paper2"/"_groups").glob("*/ckpt.pt"))    # groups cleaned up
-    full = X.sweep("paper2", "smoke", root=ref, progress=False, **KW)
+    full = SW.sweep("paper2", "smoke", root=ref, progress=False, **KW)
     cols = ["label", "seed", "run_id", "group", *METRICS]
     pd.testing.assert_frame_equal(res.runs[cols], full.runs[cols])     # the same numbers as a sweep never killed
     pd.testing.assert_frame_equal(res.table, full.table)
@@ -145,7 +148,7 @@ def test_kill_and_rerun(tmp_path):
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from dropout_residual.experiments import group_lock
+from dropout_residual.sweep import group_lock
 with group_lock(sys.argv[1]):
     Path(sys.argv[2]).write_text("held")
     time.sleep(600)
@@ -154,7 +157,7 @@ with group_lock(sys.argv[1]):
 def test_a_group_another_process_trains_is_skipped_then_found(tmp_path, capsys):
     from dropout_residual.cli import main
     args = ["sweep", "paper2", "--preset", "smoke", "--max-members", "4", "--runs", str(tmp_path), "--quiet"]
-    groups = X.plan_groups(X.experiment_runs("paper2", "smoke", 1), tmp_path, max_members=4)
+    groups = SW.plan_groups(PP.experiment_runs("paper2", "smoke", 1), tmp_path, max_members=4)
     assert len(groups) == 2
     busy, held = groups[1], tmp_path/"held"
     p = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(busy), str(held)], stderr=subprocess.PIPE)
@@ -210,7 +213,7 @@ def test_cli_sweep_and_bad_input(tmp_path, capsys):
     assert main(["sweep", "paper2", "--preset", "smoke", "--seeds", "2", "--runs", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "| fixed | 2 |" in out and "1.4655" in out
-    runs = X.load_runs(tmp_path, "paper2")
+    runs = ST.load_runs(tmp_path, "paper2")
     assert len(runs) == 14 and runs["done"].all()
     for args, msg in [(["sweep", "paper9"], "did you mean"), (["sweep", "paper1", "--preset", "quik"], "did you mean 'quick'"),
                       (["sweep", "paper1", "--set", "n_layers=2"], "did you mean 'n_layer'"),

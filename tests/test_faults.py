@@ -54,7 +54,7 @@ def reference(tmp_path_factory):
     return run_train(tmp_path_factory.mktemp("reference")/"run")
 
 def ckpt_step(path):
-    from dropout_residual.train import load_checkpoint
+    from dropout_residual.checkpoint import load_checkpoint
     return int(load_checkpoint(path)["step"])
 
 # ---------------------------------------------------------------- the child process
@@ -87,11 +87,11 @@ def _child(mode: str, out: str, k: int):
             return real(src, dst, *a, **kw)
         os.replace = replace
     elif mode in ("sweep-kill-in-training", "sweep-kill-mid-split"):
-        import dropout_residual.experiments as X
+        from dropout_residual import sweep as SW
         if mode == "sweep-kill-in-training":   # step k counted over all groups' training steps
             _kill_at_step(T, k)
         else:                                 # the k-th run folder written out of a trained group
-            _signal_on_call(X, "_write_member", k)
+            _signal_on_call(SW, "_write_member", k)
         run_sweep(out)
         return
     elif mode == "cli-sigint":            # the terminal's Ctrl-C: SIGINT to itself in step k of `dropout-residual train`
@@ -170,7 +170,7 @@ def cli_train_args(out):
 
 def test_ctrl_c_in_the_terminal_exits_130_and_the_same_command_resumes(children, tmp_path):
     from dropout_residual import cli
-    from dropout_residual.train import load_run
+    from dropout_residual.checkpoint import load_run
     p, d, k, _ = children["cli-sigint"]
     _, err = p.communicate(timeout=300)
     assert p.returncode == 130 and "resume" in err, f"rc={p.returncode}: {err[-2000:]}"
@@ -187,9 +187,9 @@ def test_ctrl_c_in_the_terminal_exits_130_and_the_same_command_resumes(children,
 SWEEP_LABELS = 4   # the first four schedules of paper 2, two groups of two members
 
 def run_sweep(root):
-    import dropout_residual.experiments as X
-    labels = X.get_experiment("paper2").labels()[:SWEEP_LABELS]
-    return X.sweep("paper2", "smoke", root=root, labels=labels, max_members=2, device="cpu", progress=False)
+    from dropout_residual import papers as PP, sweep as SW
+    labels = PP.get_experiment("paper2").labels()[:SWEEP_LABELS]
+    return SW.sweep("paper2", "smoke", root=root, labels=labels, max_members=2, device="cpu", progress=False)
 
 @pytest.fixture(scope="module")
 def reference_sweep(tmp_path_factory):
@@ -197,7 +197,7 @@ def reference_sweep(tmp_path_factory):
 
 def _finished(root):
     "run id -> (bytes of summary.json, of ckpt.pt, their mtimes) for every finished run folder."
-    from dropout_residual.experiments import run_state
+    from dropout_residual.store import run_state
     return {f.name: tuple((f/n).read_bytes() for n in ("summary.json", "ckpt.pt")) + tuple((f/n).stat().st_mtime_ns for n in ("summary.json", "ckpt.pt"))
             for f in sorted((Path(root)/"paper2").glob("[!_]*")) if run_state(f) == "done"}
 
@@ -295,7 +295,7 @@ def test_keyboardinterrupt_mid_step_resumes_exactly(reference, tmp_path, hook_st
 
 # ---------------------------------------------------------------- NaN
 def _assert_good_checkpoint(path, before_step):
-    from dropout_residual.train import load_checkpoint
+    from dropout_residual.checkpoint import load_checkpoint
     st = load_checkpoint(path)
     assert st["step"] <= before_step
     bad = [k for k, v in st["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]

@@ -4,7 +4,9 @@ import math
 import pytest, torch
 from torch.nn import functional as F
 
-from dropout_residual.model import DROPOUT_SITES, GPT, GPTConfig, draw_topology
+from dropout_residual.config import DROPOUT_SITES, GPTConfig
+from dropout_residual.model import GPT
+from dropout_residual.viz import draw_topology
 
 @pytest.fixture
 def float64():
@@ -315,7 +317,7 @@ def test_cached_logits_equal_full_forward():
     m = GPT(small(n_members=2)).eval()
     seq = torch.randint(0, 65, (2, 2, 16))
     full = m(seq)[0]                                           # (E, B, T, V)
-    from dropout_residual.model import LayerKV
+    from dropout_residual.layers import LayerKV
     kv = [LayerKV(16) for _ in m.blocks]
     with torch.no_grad():
         step = [m._logits(m._hidden(seq[..., :6], kv, 0))]     # prefill 6 tokens, then one at a time

@@ -58,9 +58,10 @@ def run_with(tmp_path):
 
 def _loaders():
     from dropout_residual import dynamics as Y, train as T
+    from dropout_residual import checkpoint as CK
     return {
-        "load_checkpoint": ("ckpt.pt", lambda r, f: T.load_checkpoint(f)),
-        "load_run": ("ckpt.pt", lambda r, f: T.load_run(r)),
+        "load_checkpoint": ("ckpt.pt", lambda r, f: CK.load_checkpoint(f)),
+        "load_run": ("ckpt.pt", lambda r, f: CK.load_run(r)),
         "train-resume": ("ckpt.pt", lambda r, f: T.train(*tiny_configs(), data=tiny_data(), out_dir=r, progress=False)),
         "convergence": ("analysis/step_0000004.pt", lambda r, f: Y.convergence(r, data=tiny_data(), progress=False)),
         "model_from_checkpoint": ("analysis/step_0000008.pt", lambda r, f: Y.model_from_checkpoint(f)),
@@ -178,9 +179,11 @@ def test_a_run_and_its_analysis_open_no_connection(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setenv(D.CACHE_ENV, str(tmp_path/"cache"))
     from dropout_residual import cli, dynamics as Y
-    from dropout_residual.experiments import sweep
-    from dropout_residual.model import GPTConfig
-    from dropout_residual.train import TrainConfig, load_run, train
+    from dropout_residual.sweep import sweep
+    from dropout_residual.config import GPTConfig
+    from dropout_residual.config import TrainConfig
+    from dropout_residual.checkpoint import load_run
+    from dropout_residual.train import train
     out = tmp_path/"run"
     train(GPTConfig.smoke(), TrainConfig.smoke(max_iters=4, device="cpu", analysis_ckpts=[0, 2, 4]), out_dir=out, progress=False)
     load_run(out)

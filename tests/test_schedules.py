@@ -5,6 +5,7 @@ import pytest, torch
 from dataclasses import fields
 
 from dropout_residual import schedules as S
+from dropout_residual import config as CF, viz as VZ
 
 ALL = [S.ConstantDropout(0.1), S.LinearDropout(0.3, 0.05, 4000, sites=("attn",)), S.ExponentialDropout(0.25, 0.01, 700),
        S.CosineDropout(0.2, 0.05, 1200, sites=("mlp", "skip")), S.LinearDropout(sites="nanogpt"), S.AdaptiveDropout(0.2, 0.03, 0.05, 0.4, 0.001),
@@ -134,12 +135,12 @@ def test_members_and_speed():
 def test_plot_schedules_returns_figure():
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig = S.plot_schedules([S.LinearDropout(), S.CosineLR()], 300)
+    fig = VZ.plot_schedules([S.LinearDropout(), S.CosineLR()], 300)
     assert isinstance(fig, matplotlib.figure.Figure) and fig.axes[0].get_ylabel() == "dropout rate"
-    fig2 = S.ExponentialDropout().plot(100)
+    fig2 = VZ.plot_schedules([S.ExponentialDropout()], 100)
     plt.close(fig); plt.close(fig2)
-    with pytest.raises(ValueError, match="steps=0"): S.plot_schedules([S.LinearDropout()], 0)
+    with pytest.raises(ValueError, match="steps=0"): VZ.plot_schedules([S.LinearDropout()], 0)
 
 def test_sites_match_the_model():
     model = pytest.importorskip("dropout_residual.model")
-    assert tuple(model.DROPOUT_SITES) == tuple(S.DROPOUT_SITES)
+    assert tuple(model.DROPOUT_SITES) == tuple(CF.DROPOUT_SITES)

@@ -5,9 +5,10 @@ from pathlib import Path
 import pandas as pd, pytest, torch
 
 from dropout_residual import train as T
+from dropout_residual import config as CF, checkpoint as CK
 from dropout_residual import schedules as S
 from dropout_residual.data import TokenData, shakespeare
-from dropout_residual.model import GPTConfig
+from dropout_residual.config import GPTConfig
 
 TIMING = ["tokens_per_s", "time_s"]
 
@@ -17,7 +18,7 @@ def ds(): return shakespeare(download=False)
 def cfgs(**kw):
     "Two members, dropout on (so the RNG matters), evals and an adaptive schedule (so schedule state matters)."
     m = GPTConfig.smoke(n_members=2, n_layer=2, n_embd=16, embd_dropout=0.1, attn_dropout=0.1, skip_dropout=0.05)
-    t = T.TrainConfig.smoke(**{**dict(max_iters=8, eval_interval=2, eval_iters=2, log_interval=1, ckpt_interval=None, seed=[3, 11]), **kw})
+    t = CF.TrainConfig.smoke(**{**dict(max_iters=8, eval_interval=2, eval_iters=2, log_interval=1, ckpt_interval=None, seed=[3, 11]), **kw})
     return m, t
 
 def scheds(): return [S.schedule_from_spec("adaptive:p0=0.2,step_size=0.05,sites=mlp+proj"), S.schedule_from_spec("linear:p0=0.3,pf=0,n_steps=8")]
@@ -52,7 +53,7 @@ def test_interrupt_then_resume_is_bitwise_identical(ds, tmp_path, monkeypatch, s
     _interrupt_at(monkeypatch, ds, 5, how)    # draw 1 is the first batch, draw k+2 the prefetch inside iteration k: here iteration 3
     with pytest.raises(KeyboardInterrupt): T.train(m, t, ds, scheds(), out_dir=tmp_path)
     monkeypatch.undo()
-    ck = T.load_checkpoint(tmp_path/"ckpt.pt")
+    ck = CK.load_checkpoint(tmp_path/"ckpt.pt")
     assert ck["kind"] == "interrupt" and ck["step"] == (4 if how == "sigint" else 3)  # SIGINT waits for the step's end
     assert not (tmp_path/"summary.json").exists()
     part = pd.read_csv(tmp_path/"history.csv")
@@ -66,7 +67,7 @@ def test_crash_resumes_from_the_periodic_checkpoint(ds, tmp_path, monkeypatch, s
     _interrupt_at(monkeypatch, ds, 7, "crash")  # in iteration 5, after the checkpoint at step 4
     with pytest.raises(RuntimeError, match="simulated crash"): T.train(m, dataclass_replace(t, ckpt_interval=4), ds, scheds(), out_dir=tmp_path)
     monkeypatch.undo()
-    assert T.load_checkpoint(tmp_path/"ckpt.pt")["step"] == 4
+    assert CK.load_checkpoint(tmp_path/"ckpt.pt")["step"] == 4
     resumed = T.train(m, dataclass_replace(t, ckpt_interval=4), ds, scheds(), out_dir=tmp_path)
     assert_same_run(straight, resumed)
     on_disk = pd.read_csv(tmp_path/"history.csv")
@@ -131,7 +132,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(ds, tmp_path, monkeypatc
     monkeypatch.setattr(T, "_build_model", poisoned)
     with pytest.raises(T.NonFiniteLossError, match="member 1 .* at step 3") as e: T.train(m, t, ds, out_dir=tmp_path)
     assert (e.value.step, e.value.member) == (3, 1) and "ckpt.pt is intact" in str(e.value)
-    ck = T.load_checkpoint(tmp_path/"ckpt.pt")
+    ck = CK.load_checkpoint(tmp_path/"ckpt.pt")
     assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 def test_nonfinite_gradients_stop_before_a_checkpoint(ds, tmp_path, monkeypatch):
@@ -153,11 +154,11 @@ def test_nonfinite_gradients_stop_before_a_checkpoint(ds, tmp_path, monkeypatch)
 def test_bad_checkpoint_and_other_config_are_refused(ds, tmp_path):
     m, t = cfgs(max_iters=2, eval_interval=2)
     T.train(m, t, ds, out_dir=tmp_path)
-    with pytest.raises(T.CheckpointError, match=r"another configuration \(train.lr"):
+    with pytest.raises(CK.CheckpointError, match=r"another configuration \(train.lr"):
         T.train(m, dataclass_replace(t, lr=5e-4), ds, out_dir=tmp_path)
     raw = (tmp_path/"ckpt.pt").read_bytes()
     (tmp_path/"ckpt.pt").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(T.CheckpointError, match=r"ckpt.pt is corrupt or truncated"):
+    with pytest.raises(CK.CheckpointError, match=r"ckpt.pt is corrupt or truncated"):
         T.train(m, t, ds, out_dir=tmp_path)
     res = T.train(m, t, ds, out_dir=tmp_path, resume=False)  # start over is always possible
     assert res.summary["done"]
@@ -168,12 +169,12 @@ def test_analysis_checkpoints_log_spaced(ds, tmp_path):
     want = S.log_spaced_steps(8)
     got = sorted(int(p.stem.split("_")[1]) for p in (tmp_path/"analysis").glob("step_*.pt"))
     assert got == want
-    a = T.load_checkpoint(tmp_path/"analysis"/"step_0000008.pt")
-    ck = T.load_checkpoint(tmp_path/"ckpt.pt")
+    a = CK.load_checkpoint(tmp_path/"analysis"/"step_0000008.pt")
+    ck = CK.load_checkpoint(tmp_path/"ckpt.pt")
     for k, v in a["model"].items(): assert torch.equal(v, ck["model"][k]), k
 
 def test_load_run_and_generation_speed(straight):
-    model, tok, c = T.load_run(straight.out_dir)
+    model, tok, c = CK.load_run(straight.out_dir)
     assert c["model"] == straight.model.config and c["step"] == 8 and tok.vocab_size == 65
     for k, v in straight.model.state_dict().items(): assert torch.equal(v, model.state_dict()[k]), k
     r = T.measure_generation(model, n_tokens=8, repeats=2, warmup=1, use_cache=False)
@@ -183,20 +184,21 @@ def test_load_run_and_generation_speed(straight):
 
 def test_compile_mode_field():
     "compile_mode: None (torch's default) or one of torch.compile's modes, checked; it round-trips through JSON."
-    t = T.TrainConfig.smoke(compile=True, compile_mode="max-autotune-no-cudagraphs")
-    assert T.TrainConfig.from_dict(json.loads(json.dumps(t.to_dict()))) == t
-    assert T.TrainConfig.smoke().compile_mode is None
-    with pytest.raises(ValueError, match="compile_mode='fast' must be None"): T.TrainConfig.smoke(compile_mode="fast")
+    t = CF.TrainConfig.smoke(compile=True, compile_mode="max-autotune-no-cudagraphs")
+    assert CF.TrainConfig.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+    assert CF.TrainConfig.smoke().compile_mode is None
+    with pytest.raises(ValueError, match="compile_mode='fast' must be None"): CF.TrainConfig.smoke(compile_mode="fast")
     assert T.uses_cudagraphs(True, "reduce-overhead", "cuda") and not T.uses_cudagraphs(True, "reduce-overhead", "cpu")
     assert not T.uses_cudagraphs(True, None, "cuda") and not T.uses_cudagraphs(True, "max-autotune-no-cudagraphs", "cuda")
 
 DDP_SCRIPT = textwrap.dedent('''
     import hashlib, os, sys, torch
     from dropout_residual import train as T
-    from dropout_residual.model import GPTConfig
+    from dropout_residual import config as CF, checkpoint as CK
+    from dropout_residual.config import GPTConfig
     out = sys.argv[1]
     m = GPTConfig.smoke(n_members=2, n_layer=2, n_embd=16, attn_dropout=0.1)
-    t = T.TrainConfig.smoke(max_iters=4, eval_interval=2, eval_iters=1, device="cpu")
+    t = CF.TrainConfig.smoke(max_iters=4, eval_interval=2, eval_iters=1, device="cpu")
     res = T.train(m, t, out_dir=out + "/run")
     h = hashlib.sha256()
     for k, v in sorted(res.model.state_dict().items()): h.update(k.encode()); h.update(v.numpy().tobytes())
@@ -217,7 +219,7 @@ def test_ddp_two_cpu_ranks_end_identical(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     h0, h1 = (tmp_path/"rank0.sha").read_text(), (tmp_path/"rank1.sha").read_text()
     assert h0 == h1
-    ck = T.load_checkpoint(tmp_path/"run"/"ckpt.pt")
+    ck = CK.load_checkpoint(tmp_path/"run"/"ckpt.pt")
     assert ck["world_size"] == 2 and len(ck["rank_states"]) == 2
     assert not torch.equal(ck["rank_states"][0]["data"][0], ck["rank_states"][1]["data"][0])  # ranks see different data
     assert json.loads((tmp_path/"run"/"summary.json").read_text())["world_size"] == 2

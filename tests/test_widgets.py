@@ -6,7 +6,8 @@ import matplotlib
 matplotlib.use("Agg")
 
 from dropout_residual import widgets
-from dropout_residual.experiments import get_experiment, load_runs
+from dropout_residual.store import load_runs
+from dropout_residual.papers import get_experiment
 from dropout_residual.widgets import ExperimentPanel
 
 
