@@ -15,7 +15,8 @@ from .utils import _closest
 from .papers import Experiment, get_experiment
 
 # %% auto #0
-__all__ = ['t_interval', 'summarise', 'paired_differences', 'baseline_pairs', 'compare', 'compare_claims', 'to_markdown']
+__all__ = ['VERDICTS', 't_interval', 'interval_row', 'summarise', 'paired_differences', 'baseline_pairs', 'verdict',
+           'claim_verdict', 'compare', 'compare_claims', 'to_markdown']
 
 # %% ../nbs/11_stats.ipynb #e0aa748d
 def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
@@ -27,21 +28,27 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
     lo, hi = stats.t.interval(confidence, len(v) - 1, loc=v.mean(), scale=sem)
     return (float(lo), float(hi))
 
+def interval_row(values, confidence: float = 0.95, what: str = "seed") -> dict:
+    "Mean, std, n, t-interval and `dropped` (non-finite values left out) of `values`, with a note when the interval is missing."
+    v = np.asarray(values, dtype=float)
+    ok = v[np.isfinite(v)]
+    lo, hi = t_interval(ok, confidence)
+    notes = []
+    if len(v) > len(ok): notes.append(f"{len(v) - len(ok)} non-finite value(s) dropped")
+    if len(ok) < 2: notes.append(f"n={len(ok)}: no confidence interval (run more {what}s)")
+    return {"mean": float(ok.mean()) if len(ok) else math.nan, "std": float(np.std(ok, ddof=1)) if len(ok) > 1 else math.nan,
+            "n": len(ok), "ci_low": lo, "ci_high": hi, "dropped": len(v) - len(ok), "note": "; ".join(notes)}
+
+# %% ../nbs/11_stats.ipynb #1cac8a48
 def summarise(runs: pd.DataFrame, metric: str = "best_val_loss", by: Sequence[str] = ("experiment", "label"),
               confidence: float = 0.95) -> pd.DataFrame:
-    "Mean, std, n and the t-interval of `metric` per configuration (finished runs only), in the order first seen."
+    "`interval_row` of `metric` per configuration (finished runs only), in the order first seen."
     if metric not in runs.columns:
         raise ValueError(f"metric={metric!r} is not a column of the runs table; columns: {', '.join(map(str, runs.columns))}")
     runs = runs[runs["done"]] if "done" in runs.columns else runs
-    rows = []
-    for key, g in runs.groupby(list(by), sort=False):
-        v = g[metric].astype(float).to_numpy()
-        lo, hi = t_interval(v, confidence)
-        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "mean": float(np.mean(v)),
-                     "std": float(np.std(v, ddof=1)) if len(v) > 1 else math.nan, "n": len(v),
-                     "ci_low": lo, "ci_high": hi,
-                     "note": "" if len(v) > 1 else "n=1: no confidence interval (run more seeds)"})
-    return pd.DataFrame(rows, columns=[*by, "mean", "std", "n", "ci_low", "ci_high", "note"])
+    rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,))), **interval_row(g[metric].astype(float), confidence)}
+            for key, g in runs.groupby(list(by), sort=False)]
+    return pd.DataFrame(rows, columns=[*by, "mean", "std", "n", "ci_low", "ci_high", "dropped", "note"])
 
 # %% ../nbs/11_stats.ipynb #1886fbfa
 def paired_differences(runs: pd.DataFrame, baseline: str, metric: str = "best_val_loss", pair: str = "seed",
@@ -53,17 +60,21 @@ def paired_differences(runs: pd.DataFrame, baseline: str, metric: str = "best_va
     runs = runs[runs["done"]] if "done" in runs.columns else runs
     if baseline not in set(runs["label"]):
         raise ValueError(f"baseline={baseline!r} has no finished runs{_closest(baseline, runs['label'].unique())}")
-    wide = runs.pivot_table(index=pair, columns="label", values=metric, aggfunc="mean", sort=False).astype(float)
+    dup = runs[runs.duplicated(["label", pair], keep=False)]
+    if len(dup):
+        r = dup.iloc[0]
+        raise ValueError(f"label={r['label']!r} has {int(((dup['label'] == r['label']) & (dup[pair] == r[pair])).sum())} rows for "
+                         f"{pair}={r[pair]}: the table mixes runs of several sweeps; keep one row per (label, {pair})")
+    wide = runs.pivot(index=pair, columns="label", values=metric).astype(float)
     rows = []
     for label in runs["label"].unique():
         if label == baseline: continue
-        d = (wide[label] - wide[baseline]).dropna().to_numpy()
-        lo, hi = t_interval(d, confidence)
-        rows.append({"label": label, "baseline": baseline, "n": len(d), "mean": float(d.mean()) if len(d) else math.nan,
-                     "std": float(np.std(d, ddof=1)) if len(d) > 1 else math.nan, "ci_low": lo, "ci_high": hi,
-                     "lower": int((d < 0).sum()),
-                     "note": "" if len(d) > 1 else f"{len(d)} shared {pair}(s): no confidence interval"})
-    return pd.DataFrame(rows, columns=["label", "baseline", "n", "mean", "std", "ci_low", "ci_high", "lower", "note"])
+        both = wide[[label, baseline]].dropna(how="any", subset=[baseline])
+        d = (both[label] - both[baseline]).to_numpy()
+        d = d[~np.isnan(both[label].to_numpy()) | True]
+        row = interval_row(d[np.isfinite(d)] if False else d, confidence, what=pair)
+        rows.append({"label": label, "baseline": baseline, **row, "lower": int((d < 0).sum())})
+    return pd.DataFrame(rows, columns=["label", "baseline", "n", "mean", "std", "ci_low", "ci_high", "lower", "dropped", "note"])
 
 # %% ../nbs/11_stats.ipynb #f0e4c29b
 def baseline_pairs(experiment: str|Experiment, runs: pd.DataFrame) -> pd.DataFrame:
@@ -73,6 +84,36 @@ def baseline_pairs(experiment: str|Experiment, runs: pd.DataFrame) -> pd.DataFra
     if exp.baseline is None or not len(done) or exp.baseline not in set(done["label"]) or done["seed"].nunique() < 2:
         return pd.DataFrame()
     return paired_differences(done, exp.baseline, exp.metric)
+
+# %% ../nbs/11_stats.ipynb #1c41c3fb
+VERDICTS = ("supported", "contradicted", "inconclusive")
+
+def verdict(ci_low: float, ci_high: float, direction: str = "<", margin: float = 0.0) -> str:
+    "The verdict on a claim about a paired difference from its interval (see the rule above)."
+    if direction not in ("<", ">", "="): raise ValueError(f"direction={direction!r} must be '<', '>' or '='")
+    if not margin >= 0: raise ValueError(f"margin={margin!r} must be a number >= 0")
+    if not (math.isfinite(ci_low) and math.isfinite(ci_high)): return "inconclusive"
+    if direction == ">": ci_low, ci_high = -ci_high, -ci_low
+    if direction == "=":
+        if -margin < ci_low and ci_high < margin: return "supported"
+        return "contradicted" if (ci_low > margin or ci_high < -margin) else "inconclusive"
+    if ci_high < -margin: return "supported"
+    return "contradicted" if ci_low > margin else "inconclusive"
+
+# %% ../nbs/11_stats.ipynb #46003791
+def claim_verdict(runs: pd.DataFrame, label: str, baseline: str, direction: str = "<", metric: str = "best_val_loss",
+                  margin: float = 0.0, in_regime: bool|None = None, why: str = "", confidence: float = 0.95) -> dict:
+    "Verdict, effect (mean paired difference `label` - `baseline`), interval and seeds of one claim, from a runs table."
+    row = paired_differences(runs[runs["label"].isin([label, baseline])], baseline, metric, confidence=confidence)
+    if label not in set(row["label"]):
+        raise ValueError(f"label={label!r} has no finished runs{_closest(label, runs['label'].unique())}")
+    d = row.set_index("label").loc[label]
+    v = verdict(d["ci_low"], d["ci_high"], direction, margin)
+    notes = [n for n in (d["note"],) if n]
+    if in_regime is False: v, notes = "inconclusive", notes + [f"outside the paper's regime: {why}" if why else "outside the paper's regime"]
+    return {"verdict": v, "effect": float(d["mean"]), "ci_low": float(d["ci_low"]), "ci_high": float(d["ci_high"]),
+            "seeds": int(d["n"]), "wins": int(d["lower"]) if direction != ">" else int(d["n"] - d["lower"]),
+            "in_regime": in_regime, "note": "; ".join(notes)}
 
 # %% ../nbs/11_stats.ipynb #428b269c
 def compare(experiment: str|Experiment, summary: pd.DataFrame, metric: str|None = None) -> pd.DataFrame:
