@@ -17,7 +17,7 @@ from .config import DROPOUT_SITES, GENERATE_WINDOWS, GPTConfig
 from .model import GPT
 from .utils import resolve_device
 from .config import TrainConfig
-from .train import autocast, clip_grad_norm_per_member, compile_model, configure_optimizer, evaluate, measure_generation, resolve_dtype, setup_device, uses_cudagraphs
+from .train import TrainState, autocast, compile_model, configure_optimizer, evaluate, measure_generation, resolve_dtype, setup_device, train_step, uses_cudagraphs
 
 # %% auto #0
 __all__ = ['PEAK_TFLOPS', 'SHAPES', 'GRIDS', 'synchronize', 'Timing', 'time_fns', 'time_fn', 'num_threads', 'device_name',
@@ -252,19 +252,11 @@ def _maybe_compile(module: nn.Module, compile: bool, mode: str|None) -> nn.Modul
 
 def train_step_fn(model: GPT, train_cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device,
                   dtype: torch.dtype, compile: bool = False, compile_mode: str|None = None):
-    "A closure making one training step of `model` on the batch (x, y) exactly as `train` does (returns the loss, (E,))."
+    "A closure making one `train.train_step` of `model` on the batch (x, y), the trainer's step itself (returns the loss, (E,))."
     net = _maybe_compile(model, compile, compile_mode)
-    opt = configure_optimizer(model, train_cfg, device)
-    graphs = uses_cudagraphs(compile, compile_mode, device)
-    def step():
-        if graphs: torch.compiler.cudagraph_mark_step_begin()
-        with autocast(device, dtype): _, loss = net(x, y)   # (E,)
-        loss.sum().backward()
-        if train_cfg.grad_clip > 0: clip_grad_norm_per_member(model.parameters(), train_cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-    return step
+    s = TrainState(model, configure_optimizer(model, train_cfg, device), train_cfg, device, dtype, net=net, eval_net=net,
+                   graphs=uses_cudagraphs(compile, compile_mode, device))
+    return lambda: train_step(s, x, y)[0]
 
 def reference_step_fn(ref: ReferenceGPT, train_cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device,
                       dtype: torch.dtype, compile: bool = False, compile_mode: str|None = None):
