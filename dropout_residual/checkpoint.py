@@ -20,7 +20,7 @@ from .config import GPTConfig, TrainConfig
 from .model import GPT
 
 # %% auto #0
-__all__ = ['CheckpointError', 'save_checkpoint', 'load_checkpoint', 'RunFolder', 'load_run']
+__all__ = ['CheckpointError', 'save_checkpoint', 'load_checkpoint', 'RunFolder', 'load_weights', 'load_run']
 
 # %% ../nbs/06_checkpoint.ipynb #abae3218
 class CheckpointError(ValueError):
@@ -32,11 +32,11 @@ def save_checkpoint(path: Path|str, state: dict) -> Path:
     torch.save(state, buf)
     return atomic_write_bytes(path, buf.getvalue())
 
-def load_checkpoint(path: Path|str, map_location="cpu") -> dict:
-    "Load a checkpoint written by `save_checkpoint` (`weights_only=True`); a corrupt file is a `CheckpointError` naming it."
+def load_checkpoint(path: Path|str, map_location="cpu", mmap: bool = False) -> dict:
+    "Load a checkpoint written by `save_checkpoint` (`weights_only=True`; `mmap`: lazily); a corrupt file is a `CheckpointError` naming it."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try: state = torch.load(path, map_location=map_location, weights_only=True)
+    try: state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {str(e)[:200]}); "
                               f"delete it to start over, or restore it from a copy") from None
@@ -67,7 +67,7 @@ def _plain(v):
     if isinstance(v, dict): return {k: _plain(x) for k, x in v.items()}
     return v
 
-# %% ../nbs/06_checkpoint.ipynb #0f8ed18d
+# %% ../nbs/06_checkpoint.ipynb #468d27a9
 class RunFolder:
     "The files of one run: config.json, tokenizer.json, history.csv, summary.json, ckpt.pt, analysis/step_*.pt."
     def __init__(self, path: Path|str): self.path = Path(path)
@@ -85,7 +85,7 @@ class RunFolder:
     @property
     def analysis(self) -> Path: return self.path/"analysis"
 
-# %% ../nbs/06_checkpoint.ipynb #06aa768b
+# %% ../nbs/06_checkpoint.ipynb #cdfa038e
 def _dumps(obj) -> bytes: return json.dumps(_jsonable(obj), indent=1).encode()
 
 @patch
@@ -99,7 +99,7 @@ def read_config(self: RunFolder) -> dict:
     if not self.config.is_file(): raise FileNotFoundError(f"{self.path} is not a run folder: {self.config} is missing")
     try: return json.loads(self.config.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{self.config} is not valid JSON ({e}); restore it, or train the run again with the same "
+        raise ValueError(f"{self.config} is corrupt, not valid JSON ({e}); restore it, or train the run again with the same "
                          f"configs and resume=True (train() writes config.json again)") from None
 
 @patch
@@ -112,7 +112,7 @@ def read_summary(self: RunFolder) -> dict:
     "summary.json as a dict (an error naming the file if it is corrupt)."
     return read_json(self.summary)
 
-# %% ../nbs/06_checkpoint.ipynb #07f8403a
+# %% ../nbs/06_checkpoint.ipynb #1ac03756
 @patch
 def write_tokenizer(self: RunFolder, tok: CharTokenizer) -> Path:
     "Write tokenizer.json (atomically)."
@@ -133,7 +133,7 @@ def check_tokenizer(self: RunFolder, data: TokenData):
                               f"{saved.vocab_size} characters, the data given has {data.vocab_size} (or other ones); "
                               f"pass the run's own corpus, or resume=False to start over")
 
-# %% ../nbs/06_checkpoint.ipynb #e256e102
+# %% ../nbs/06_checkpoint.ipynb #a3ac3cf2
 @patch
 def write_history(self: RunFolder, frame: pd.DataFrame, only_if_changed: bool = False) -> Path:
     "Write history.csv from `frame` (atomically); `only_if_changed`: leave a file with the same bytes alone."
@@ -141,7 +141,7 @@ def write_history(self: RunFolder, frame: pd.DataFrame, only_if_changed: bool = 
     if only_if_changed and self.history.is_file() and self.history.read_bytes() == csv: return self.history
     return atomic_write_bytes(self.history, csv)
 
-# %% ../nbs/06_checkpoint.ipynb #11155f33
+# %% ../nbs/06_checkpoint.ipynb #f046d9ea
 _STEP_RE = re.compile(r"step_(\d+)\.pt$")
 
 @patch
@@ -171,7 +171,28 @@ def analysis_files(self: RunFolder) -> dict[int, Path]:
     found = {int(m.group(1)): p for p in d.glob("step_*.pt") if (m := _STEP_RE.search(p.name))} if d.is_dir() else {}
     return dict(sorted(found.items()))
 
-# %% ../nbs/06_checkpoint.ipynb #be069fc4
+# %% ../nbs/06_checkpoint.ipynb #63f0d3e4
+def load_weights(path: Path|str, mmap: bool = False) -> dict:
+    "The state dict in a checkpoint file (its 'model' entry, or the file's dict itself); an error naming the file if it cannot be read."
+    try: st = load_checkpoint(path, mmap=mmap)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise CheckpointError(f"analysis checkpoint {path} cannot be read ({e}); delete it (the analysis uses the others) "
+                              f"or retrain the run") from None
+    return st["model"] if isinstance(st.get("model"), dict) else st
+
+@patch
+def analysis_model(self: RunFolder) -> GPT:
+    "An (uninitialised) `GPT` for the analysis checkpoints: the last one's `model_config`, else config.json's 'model'."
+    files = self.analysis_files()
+    if not files: raise FileNotFoundError(f"{self.analysis} has no analysis checkpoints (step_XXXXXXX.pt)")
+    last = list(files.values())[-1]
+    d = load_checkpoint(last).get("model_config") or (self.read_config().get("model") if self.config.is_file() else None)
+    if not isinstance(d, dict):
+        raise ValueError(f"{last} has no model_config and its run has no config.json with a 'model' entry: "
+                         f"pass model=GPT(config) to convergence")
+    return GPT(GPTConfig.from_dict(d), init=False)
+
+# %% ../nbs/06_checkpoint.ipynb #01277ed8
 def load_run(out_dir: Path|str, device: str|torch.device = "cpu") -> tuple[GPT, CharTokenizer, dict]:
     "The trained model (eval mode), tokenizer and configs (`{'model': GPTConfig, 'train': TrainConfig, 'schedules': [...]}`) of a run folder."
     rf = RunFolder(out_dir)
