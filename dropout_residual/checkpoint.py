@@ -67,7 +67,7 @@ def _plain(v):
     if isinstance(v, dict): return {k: _plain(x) for k, x in v.items()}
     return v
 
-# %% ../nbs/06_checkpoint.ipynb #468d27a9
+# %% ../nbs/06_checkpoint.ipynb #2ce08de3
 class RunFolder:
     "The files of one run: config.json, tokenizer.json, history.csv, summary.json, ckpt.pt, analysis/step_*.pt."
     def __init__(self, path: Path|str): self.path = Path(path)
@@ -85,7 +85,7 @@ class RunFolder:
     @property
     def analysis(self) -> Path: return self.path/"analysis"
 
-# %% ../nbs/06_checkpoint.ipynb #cdfa038e
+# %% ../nbs/06_checkpoint.ipynb #a15960df
 def _dumps(obj) -> bytes: return json.dumps(_jsonable(obj), indent=1).encode()
 
 @patch
@@ -112,7 +112,7 @@ def read_summary(self: RunFolder) -> dict:
     "summary.json as a dict (an error naming the file if it is corrupt)."
     return read_json(self.summary)
 
-# %% ../nbs/06_checkpoint.ipynb #1ac03756
+# %% ../nbs/06_checkpoint.ipynb #61ccc58f
 @patch
 def write_tokenizer(self: RunFolder, tok: CharTokenizer) -> Path:
     "Write tokenizer.json (atomically)."
@@ -133,7 +133,7 @@ def check_tokenizer(self: RunFolder, data: TokenData):
                               f"{saved.vocab_size} characters, the data given has {data.vocab_size} (or other ones); "
                               f"pass the run's own corpus, or resume=False to start over")
 
-# %% ../nbs/06_checkpoint.ipynb #a3ac3cf2
+# %% ../nbs/06_checkpoint.ipynb #e797bfca
 @patch
 def write_history(self: RunFolder, frame: pd.DataFrame, only_if_changed: bool = False) -> Path:
     "Write history.csv from `frame` (atomically); `only_if_changed`: leave a file with the same bytes alone."
@@ -141,7 +141,7 @@ def write_history(self: RunFolder, frame: pd.DataFrame, only_if_changed: bool = 
     if only_if_changed and self.history.is_file() and self.history.read_bytes() == csv: return self.history
     return atomic_write_bytes(self.history, csv)
 
-# %% ../nbs/06_checkpoint.ipynb #f046d9ea
+# %% ../nbs/06_checkpoint.ipynb #0e100ac3
 _STEP_RE = re.compile(r"step_(\d+)\.pt$")
 
 @patch
@@ -171,7 +171,7 @@ def analysis_files(self: RunFolder) -> dict[int, Path]:
     found = {int(m.group(1)): p for p in d.glob("step_*.pt") if (m := _STEP_RE.search(p.name))} if d.is_dir() else {}
     return dict(sorted(found.items()))
 
-# %% ../nbs/06_checkpoint.ipynb #63f0d3e4
+# %% ../nbs/06_checkpoint.ipynb #857eac3b
 def load_weights(path: Path|str, mmap: bool = False) -> dict:
     "The state dict in a checkpoint file (its 'model' entry, or the file's dict itself); an error naming the file if it cannot be read."
     try: st = load_checkpoint(path, mmap=mmap)
@@ -192,7 +192,7 @@ def analysis_model(self: RunFolder) -> GPT:
                          f"pass model=GPT(config) to convergence")
     return GPT(GPTConfig.from_dict(d), init=False)
 
-# %% ../nbs/06_checkpoint.ipynb #01277ed8
+# %% ../nbs/06_checkpoint.ipynb #d086bf14
 def load_run(out_dir: Path|str, device: str|torch.device = "cpu") -> tuple[GPT, CharTokenizer, dict]:
     "The trained model (eval mode), tokenizer and configs (`{'model': GPTConfig, 'train': TrainConfig, 'schedules': [...]}`) of a run folder."
     rf = RunFolder(out_dir)

@@ -242,7 +242,7 @@ class _Interrupt:
         if self._old is not None: signal.signal(signal.SIGINT, self._old)
         return False
 
-# %% ../nbs/07_train.ipynb #c8423ef8
+# %% ../nbs/07_train.ipynb #9bfb9603
 @dataclass
 class TrainState:
     "What a run holds between steps (what a checkpoint saves), and how its forward runs."
@@ -286,7 +286,7 @@ class TrainState:
     @property
     def tokens_per_step(self) -> int: return self.cfg.batch_size * self.cfg.block_size * self.n_members * self.world
 
-# %% ../nbs/07_train.ipynb #6995586f
+# %% ../nbs/07_train.ipynb #bc0a9cfd
 def _checkpoint_state(s: TrainState, rank_states: list[dict], kind: str) -> dict:
     "The checkpoint of `s`; `rank_states`: every rank's RNG and data-generator states at the step boundary."
     return {"model": s.model.state_dict(), "optimizer": s.opt.state_dict(), "rank_states": rank_states,
@@ -335,7 +335,7 @@ def setup_or_resume(model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, sch
         s.net = DDP(s.eval_net, device_ids=[device.index] if device.type == "cuda" else None)
     return s
 
-# %% ../nbs/07_train.ipynb #be6f455f
+# %% ../nbs/07_train.ipynb #cdf61029
 def draw(s: TrainState, data: TokenData) -> tuple[torch.Tensor, torch.Tensor, list]:
     "The next training batch (x, y) of every member, and the generators' states before it."
     states = [g.get_state() for g in s.gens]
@@ -364,7 +364,7 @@ def train_step(s: TrainState, x: torch.Tensor, y: torch.Tensor, prefetch=None) -
     s.opt.zero_grad(set_to_none=True)
     return (loss.detach().clone() if s.graphs else loss.detach()), gnorm, nxt
 
-# %% ../nbs/07_train.ipynb #7d998e51
+# %% ../nbs/07_train.ipynb #ebe5ea8e
 class LossLog:
     "Per-step losses and grad norms kept on the device until `flush` reads them; the training clock and throughput."
     def __init__(self, s: TrainState, bar=None):
@@ -398,7 +398,7 @@ def untimed(self: LossLog):
     "Restart the training clock after eval/checkpoint work."
     self.last = time.perf_counter()
 
-# %% ../nbs/07_train.ipynb #0cbff2d7
+# %% ../nbs/07_train.ipynb #237c1601
 def _last_good(s: TrainState) -> Path|None:
     "The run folder's checkpoint if there is one (what an error says is intact)."
     return s.folder.ckpt if s.folder is not None and s.folder.ckpt.is_file() else None
@@ -430,7 +430,7 @@ def flush(self: LossLog):
                              train_loss=float(vals[j, m]), grad_norm=float(gnorms[j, m]), tokens_per_s=tps, time_s=s.times["wall_s"])
     if self.bar is not None: self.bar.set_postfix(loss=f"{float(vals[-1].mean()):.4f}", refresh=False)
 
-# %% ../nbs/07_train.ipynb #d96e59a8
+# %% ../nbs/07_train.ipynb #ab106bf8
 def _eval_at(s: TrainState, data: TokenData, log: LossLog, step: int):
     "Evaluate the weights after `step` updates (once), update best, the schedules and history.csv."
     log.flush(); log.tick()
@@ -475,13 +475,15 @@ def _agree_stop(s: TrainState, requested: bool, log_now: bool) -> bool:
     if s.world == 1: return requested
     return log_now and bool(_all_mean(torch.tensor([float(requested)], device=s.device), s.world).item() > 0)
 
-# %% ../nbs/07_train.ipynb #a5c28b80
+# %% ../nbs/07_train.ipynb #74487ea0
 def _check_inputs(model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData):
+    "Refuse data or blocks the model cannot take, naming the field to change."
     if data.vocab_size > model_cfg.vocab_size:
         raise ValueError(f"model vocab_size={model_cfg.vocab_size} is smaller than the data's {data.vocab_size} symbols; set vocab_size={data.vocab_size}")
     if cfg.block_size > model_cfg.block_size:
         raise ValueError(f"TrainConfig block_size={cfg.block_size} exceeds the model's block_size={model_cfg.block_size}; lower it or enlarge the model's")
 
+# %% ../nbs/07_train.ipynb #a25c04da
 def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = None, schedules=None,
           out_dir: Path|str|None = None, resume: bool = True, progress: bool|None = None) -> TrainResult:
     "Train `model_cfg` with `train_cfg`; writes and resumes the run folder `out_dir` (or `train_cfg.out_dir`; None: no files)."
@@ -541,7 +543,7 @@ def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = N
             import torch.distributed as dist
             dist.destroy_process_group()
 
-# %% ../nbs/07_train.ipynb #8317a06c
+# %% ../nbs/07_train.ipynb #ab2e1f47
 def _nan_to_none(v):
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 
