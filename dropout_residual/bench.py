@@ -17,7 +17,7 @@ from .config import DROPOUT_SITES, GENERATE_WINDOWS, GPTConfig
 from .model import GPT
 from .utils import resolve_device
 from .config import TrainConfig
-from .train import autocast, clip_grad_norm_per_member, compile_model, configure_optimizer, evaluate, measure_generation, resolve_dtype, setup_device, uses_cudagraphs
+from .train import TrainState, autocast, compile_model, configure_optimizer, evaluate, measure_generation, resolve_dtype, setup_device, train_step, uses_cudagraphs
 
 # %% auto #0
 __all__ = ['PEAK_TFLOPS', 'SHAPES', 'GRIDS', 'synchronize', 'Timing', 'time_fns', 'time_fn', 'num_threads', 'device_name',
@@ -252,19 +252,11 @@ def _maybe_compile(module: nn.Module, compile: bool, mode: str|None) -> nn.Modul
 
 def train_step_fn(model: GPT, train_cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device,
                   dtype: torch.dtype, compile: bool = False, compile_mode: str|None = None):
-    "A closure making one training step of `model` on the batch (x, y) exactly as `train` does (returns the loss, (E,))."
+    "A closure making one `train.train_step` of `model` on the batch (x, y), the trainer's step itself (returns the loss, (E,))."
     net = _maybe_compile(model, compile, compile_mode)
-    opt = configure_optimizer(model, train_cfg, device)
-    graphs = uses_cudagraphs(compile, compile_mode, device)
-    def step():
-        if graphs: torch.compiler.cudagraph_mark_step_begin()
-        with autocast(device, dtype): _, loss = net(x, y)   # (E,)
-        loss.sum().backward()
-        if train_cfg.grad_clip > 0: clip_grad_norm_per_member(model.parameters(), train_cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-    return step
+    s = TrainState(model, configure_optimizer(model, train_cfg, device), train_cfg, device, dtype, net=net, eval_net=net,
+                   graphs=uses_cudagraphs(compile, compile_mode, device))
+    return lambda: train_step(s, x, y)[0]
 
 def reference_step_fn(ref: ReferenceGPT, train_cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device,
                       dtype: torch.dtype, compile: bool = False, compile_mode: str|None = None):
@@ -419,6 +411,86 @@ def _time_draw(data, tcfg, E, dev, repeats=5):
     gens = [torch.Generator().manual_seed(i) for i in range(E)]
     return time_fn(lambda: data.get_batch("train", tcfg.batch_size, tcfg.block_size, dev, gens), repeats=repeats, inner=5, warmup=2, device=dev).median
 
+def _time_grid(g: str, members, data, dev, dt, comp, mode, steps, repeats, warmup, eval_batches, seed) -> dict:
+    "Time grid `g`: the stacked step of E members, one step per distinct member config, batch draws and eval batches."
+    from dropout_residual.sweep import group_configs, max_group_size
+    specs = grid_runs(g)
+    runs, tcfg = len(specs), specs[0].train_cfg
+    cap = max_group_size(specs[0].model_cfg, tcfg, str(dev)) if dev.type == "cuda" else runs
+    E = members or min(runs, cap)
+    B, T = tcfg.batch_size, tcfg.block_size
+    mcfg, _, _ = group_configs(specs[:E], str(dev))
+    c0 = specs[0].model_cfg
+    torch.manual_seed(seed)
+    stacked = GPT(mcfg).to(dev)
+    N = stacked.num_params(per_member=True, non_embedding=True)
+    x, y = random_batch(c0.vocab_size, (E, B, T), dev, seed)
+    classes: dict[tuple, list] = {}
+    for sp in specs: classes.setdefault(_cost_key(sp.model_cfg), [sp.model_cfg, 0])[1] += 1
+    fns = {"stacked": train_step_fn(stacked, tcfg, x, y, dev, dt, comp, mode)}
+    singles = {}
+    for j, (c, n) in enumerate(classes.values()):
+        m = GPT(c).to(dev)
+        singles[f"single{j}"] = (m, n)
+        fns[f"single{j}"] = train_step_fn(m, tcfg, x[:1], y[:1], dev, dt, comp, mode)
+    t = time_fns(fns, repeats=repeats, inner=steps, warmup=warmup, device=dev)
+    # one at a time: each distinct configuration's step, weighted by how many runs have it (mean seconds per step per run)
+    one = {k: sum(getattr(t[j], k) * n for j, (_, n) in singles.items()) / runs for k in ("median", "iqr", "cpu_median")}
+    draws = (_time_draw(data, tcfg, E, dev), _time_draw(data, tcfg, 1, dev))
+    # evals keep each batch's loss across calls, which CUDA-graph replays would overwrite: no graphs there
+    ev_mode = "default" if uses_cudagraphs(comp, mode, dev) else mode
+    ev_E = _time_eval(_maybe_compile(stacked, comp, ev_mode), data, tcfg, E, dev, dt, eval_batches)
+    ev_1 = _time_eval(_maybe_compile(next(iter(singles.values()))[0], comp, ev_mode), data, tcfg, 1, dev, dt, eval_batches)
+    return {"E": E, "runs": runs, "tcfg": tcfg, "c0": c0, "classes": len(classes), "stacked": t["stacked"], "one": one,
+            "fpt": flops_per_token(N, c0.n_layer, c0.n_embd, T, train=True), "draw": draws, "eval": (ev_E, ev_1)}
+
+# %% ../nbs/13_bench.ipynb #450f155f
+def _grid_record(g: str, m: dict, peak) -> tuple[list[dict], dict]:
+    "The table rows and the JSON figures of grid `g` timed by `_time_grid` (`m`), with the projected grid wall times."
+    E, runs, tcfg, c0, st, one = m["E"], m["runs"], m["tcfg"], m["c0"], m["stacked"], m["one"]
+    (draw_E, draw_1), (ev_E, ev_1), fpt = m["draw"], m["eval"], m["fpt"]
+    B, T, it = tcfg.batch_size, tcfg.block_size, tcfg.max_iters
+    proj_E = project_grid(runs, E, it, tcfg.eval_interval, tcfg.eval_iters, st.median, draw_E, ev_E)
+    proj_1 = project_grid(runs, 1, it, tcfg.eval_interval, tcfg.eval_iters, one["median"], draw_1, ev_1)
+    tok = B * T
+    per_member_E, per_member_1 = E * tok / st.median, tok / one["median"]   # tokens of all members per second
+    rows = [{"grid": g, "mode": f"stacked E={E}", "ms_per_step": 1e3 * st.median, "iqr_ms": 1e3 * st.iqr,
+             "cpu_ms_per_step": 1e3 * st.cpu_median,
+             "member_tokens_per_s": per_member_E, "mfu": mfu(fpt * E * tok / st.median, peak),
+             "ms_per_eval_batch": 1e3 * ev_E, "ms_per_draw": 1e3 * draw_E, "projected_grid_wall": _hms(proj_E["total_s"])},
+            {"grid": g, "mode": "one at a time", "ms_per_step": 1e3 * one["median"], "iqr_ms": 1e3 * one["iqr"],
+             "cpu_ms_per_step": 1e3 * one["cpu_median"],
+             "member_tokens_per_s": per_member_1, "mfu": mfu(fpt * tok / one["median"], peak),
+             "ms_per_eval_batch": 1e3 * ev_1, "ms_per_draw": 1e3 * draw_1, "projected_grid_wall": _hms(proj_1["total_s"])}]
+    fig = {"members": E, "runs": runs, "iters": it, "what": GRIDS[g]["what"], "batch_size": B, "block_size": T,
+           "n_layer": c0.n_layer, "n_head": c0.n_head, "n_embd": c0.n_embd,
+           "stacked_ms_per_step": 1e3 * st.median, "stacked_iqr_ms": 1e3 * st.iqr,
+           "single_ms_per_step": 1e3 * one["median"], "single_iqr_ms": 1e3 * one["iqr"],
+           "stacked_member_tokens_per_s": per_member_E, "single_tokens_per_s": per_member_1,
+           "stacked_cpu_ms_per_step": 1e3 * st.cpu_median, "single_cpu_ms_per_step": 1e3 * one["cpu_median"],
+           "ratio_per_member_cpu_time": E * one["cpu_median"] / st.cpu_median,
+           "ratio_per_member": per_member_E / per_member_1, "stacked_mfu": rows[0]["mfu"], "single_mfu": rows[1]["mfu"],
+           "compile_warmup_s": st.warmup_s, "eval_batch_ms": {"stacked": 1e3 * ev_E, "single": 1e3 * ev_1},
+           "draw_ms": {"stacked": 1e3 * draw_E, "single": 1e3 * draw_1},
+           "projected_s": {"stacked": proj_E, "one_at_a_time": proj_1}, "distinct_member_configs": m["classes"]}
+    return rows, fig
+
+def _grid_notes(figures: dict, dev: torch.device, env: dict, comp: bool, mode: str|None) -> list[str]:
+    "The report's notes: the setting, then per grid the ratio against its target and the PROJECTED wall times (sets `target`)."
+    notes = [f"device: {env['device_name']}, torch {env['torch']}, {env['threads']} threads, {env['dtype']}, "
+             f"compile={'off' if not comp else mode}, load average {env['loadavg_1m']} at the start"]
+    for g, f in figures.items():
+        target = 8 if dev.type == "cuda" else 1
+        notes.append(f"{g}: stacked per member / one at a time = {f['ratio_per_member']:.2f}x by wall time, "
+                     f"{f['ratio_per_member_cpu_time']:.2f}x by CPU time "
+                     f"(target on {dev.type}: >= {target}: {'met' if f['ratio_per_member'] >= target else 'NOT met'})")
+        notes.append(f"{g}: PROJECTED (from the step times above, not a measured run) wall time of {f['what']} x "
+                     f"{f['iters']:,} iterations, evals included: stacked E={f['members']}: {_hms(f['projected_s']['stacked']['total_s'])}, "
+                     f"one at a time: {_hms(f['projected_s']['one_at_a_time']['total_s'])} (+ compilation once, checkpoints, logging)")
+        f["target"], f["target_met"] = target, bool(f["ratio_per_member"] >= target)
+    return notes
+
+# %% ../nbs/13_bench.ipynb #5f44c9dd
 def bench_grid(grids: list[str]|str|None = None, members: int|None = None, compile: bool|str = "auto",
                compile_mode: str|None = "auto", device: str = "auto", dtype: str = "auto", steps: int = 2,
                repeats: int = 3, warmup: int = 1, eval_batches: int = 2, threads: int|None = None, seed: int = 0,
@@ -436,78 +508,11 @@ def bench_grid(grids: list[str]|str|None = None, members: int|None = None, compi
             data = shakespeare()
         peak, rows, figures = peak_flops(dev, dt), [], {}
         for g in grids:
-            from dropout_residual.sweep import group_configs, max_group_size
-            spec, specs = GRIDS[g], grid_runs(g)
-            runs, tcfg = len(specs), specs[0].train_cfg
-            cap = max_group_size(specs[0].model_cfg, tcfg, str(dev)) if dev.type == "cuda" else runs
-            E = members or min(runs, cap)
-            B, T = tcfg.batch_size, tcfg.block_size
-            mcfg, _, _ = group_configs(specs[:E], str(dev))
-            c0 = specs[0].model_cfg
-            torch.manual_seed(seed)
-            stacked = GPT(mcfg).to(dev)
-            N = stacked.num_params(per_member=True, non_embedding=True)
-            fpt = flops_per_token(N, c0.n_layer, c0.n_embd, T, train=True)
-            x, y = random_batch(c0.vocab_size, (E, B, T), dev, seed)
-            classes: dict[tuple, list] = {}
-            for sp in specs: classes.setdefault(_cost_key(sp.model_cfg), [sp.model_cfg, 0])[1] += 1
-            fns = {"stacked": train_step_fn(stacked, tcfg, x, y, dev, dt, comp, mode)}
-            singles = {}
-            for j, (c, n) in enumerate(classes.values()):
-                m = GPT(c).to(dev)
-                singles[f"single{j}"] = (m, n)
-                fns[f"single{j}"] = train_step_fn(m, tcfg, x[:1], y[:1], dev, dt, comp, mode)
-            t = time_fns(fns, repeats=repeats, inner=steps, warmup=warmup, device=dev)
-            # one at a time: each distinct configuration's step, weighted by how many runs have it
-            single_step = sum(t[k].median * n for k, (_, n) in singles.items()) / runs   # mean seconds per step per run
-            single_iqr = sum(t[k].iqr * n for k, (_, n) in singles.items()) / runs
-            single_cpu = sum(t[k].cpu_median * n for k, (_, n) in singles.items()) / runs
-            st = t["stacked"]
-            draw_E, draw_1 = _time_draw(data, tcfg, E, dev), _time_draw(data, tcfg, 1, dev)
-            # evals keep each batch's loss across calls, which CUDA-graph replays would overwrite: no graphs there
-            ev_mode = "default" if uses_cudagraphs(comp, mode, dev) else mode
-            ev_E = _time_eval(_maybe_compile(stacked, comp, ev_mode), data, tcfg, E, dev, dt, eval_batches)
-            m0 = next(iter(singles.values()))[0]
-            ev_1 = _time_eval(_maybe_compile(m0, comp, ev_mode), data, tcfg, 1, dev, dt, eval_batches)
-            it = tcfg.max_iters
-            proj_E = project_grid(runs, E, it, tcfg.eval_interval, tcfg.eval_iters, st.median, draw_E, ev_E)
-            proj_1 = project_grid(runs, 1, it, tcfg.eval_interval, tcfg.eval_iters, single_step, draw_1, ev_1)
-            tok = B * T
-            per_member_E, per_member_1 = E * tok / st.median, tok / single_step   # tokens of all members per second
-            ratio = per_member_E / per_member_1
-            rows.append({"grid": g, "mode": f"stacked E={E}", "ms_per_step": 1e3 * st.median, "iqr_ms": 1e3 * st.iqr,
-                         "cpu_ms_per_step": 1e3 * st.cpu_median,
-                         "member_tokens_per_s": per_member_E, "mfu": mfu(fpt * E * tok / st.median, peak),
-                         "ms_per_eval_batch": 1e3 * ev_E, "ms_per_draw": 1e3 * draw_E,
-                         "projected_grid_wall": _hms(proj_E["total_s"])})
-            rows.append({"grid": g, "mode": "one at a time", "ms_per_step": 1e3 * single_step, "iqr_ms": 1e3 * single_iqr,
-                         "cpu_ms_per_step": 1e3 * single_cpu,
-                         "member_tokens_per_s": per_member_1, "mfu": mfu(fpt * tok / single_step, peak),
-                         "ms_per_eval_batch": 1e3 * ev_1, "ms_per_draw": 1e3 * draw_1,
-                         "projected_grid_wall": _hms(proj_1["total_s"])})
-            figures[g] = {"members": E, "runs": runs, "iters": it, "what": spec["what"], "batch_size": B, "block_size": T,
-                          "n_layer": c0.n_layer, "n_head": c0.n_head, "n_embd": c0.n_embd,
-                          "stacked_ms_per_step": 1e3 * st.median, "stacked_iqr_ms": 1e3 * st.iqr,
-                          "single_ms_per_step": 1e3 * single_step, "single_iqr_ms": 1e3 * single_iqr,
-                          "stacked_member_tokens_per_s": per_member_E, "single_tokens_per_s": per_member_1,
-                          "stacked_cpu_ms_per_step": 1e3 * st.cpu_median, "single_cpu_ms_per_step": 1e3 * single_cpu,
-                          "ratio_per_member_cpu_time": E * single_cpu / st.cpu_median,
-                          "ratio_per_member": ratio, "stacked_mfu": rows[-2]["mfu"], "single_mfu": rows[-1]["mfu"],
-                          "compile_warmup_s": st.warmup_s, "eval_batch_ms": {"stacked": 1e3 * ev_E, "single": 1e3 * ev_1},
-                          "draw_ms": {"stacked": 1e3 * draw_E, "single": 1e3 * draw_1},
-                          "projected_s": {"stacked": proj_E, "one_at_a_time": proj_1}, "distinct_member_configs": len(classes)}
+            m = _time_grid(g, members, data, dev, dt, comp, mode, steps, repeats, warmup, eval_batches, seed)
+            r, figures[g] = _grid_record(g, m, peak)
+            rows += r
         env = environment(dev, dt)
-    notes = [f"device: {env['device_name']}, torch {env['torch']}, {env['threads']} threads, {env['dtype']}, "
-             f"compile={'off' if not comp else mode}, load average {env['loadavg_1m']} at the start"]
-    for g, f in figures.items():
-        target = 8 if dev.type == "cuda" else 1
-        notes.append(f"{g}: stacked per member / one at a time = {f['ratio_per_member']:.2f}x by wall time, "
-                     f"{f['ratio_per_member_cpu_time']:.2f}x by CPU time "
-                     f"(target on {dev.type}: >= {target}: {'met' if f['ratio_per_member'] >= target else 'NOT met'})")
-        notes.append(f"{g}: PROJECTED (from the step times above, not a measured run) wall time of {f['what']} x "
-                     f"{f['iters']:,} iterations, evals included: stacked E={f['members']}: {_hms(f['projected_s']['stacked']['total_s'])}, "
-                     f"one at a time: {_hms(f['projected_s']['one_at_a_time']['total_s'])} (+ compilation once, checkpoints, logging)")
-        f["target"], f["target_met"] = target, bool(f["ratio_per_member"] >= target)
+    notes = _grid_notes(figures, dev, env, comp, mode)
     rec = {"bench": "grid", "grids": list(grids), "compile": comp, "compile_mode": mode, **env, "steps": steps,
            "repeats": repeats, "warmup": warmup, "eval_batches_timed": eval_batches, "projection": True, **figures}
     return BenchResult(pd.DataFrame(rows), rec, notes)

@@ -7,17 +7,20 @@ from __future__ import annotations
 from dataclasses import asdict
 import io
 import json
+import re
 from pathlib import Path
 
+import pandas as pd
 import torch
+from fastcore.basics import patch
 
-from .utils import atomic_write_bytes, resolve_device
+from .utils import _jsonable, atomic_write_bytes, read_json, remove_stale_writes, resolve_device
 from .data import CharTokenizer, TokenData
 from .config import GPTConfig, TrainConfig
 from .model import GPT
 
 # %% auto #0
-__all__ = ['CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_run']
+__all__ = ['CheckpointError', 'save_checkpoint', 'load_checkpoint', 'RunFolder', 'load_weights', 'load_run']
 
 # %% ../nbs/06_checkpoint.ipynb #abae3218
 class CheckpointError(ValueError):
@@ -29,11 +32,11 @@ def save_checkpoint(path: Path|str, state: dict) -> Path:
     torch.save(state, buf)
     return atomic_write_bytes(path, buf.getvalue())
 
-def load_checkpoint(path: Path|str, map_location="cpu") -> dict:
-    "Load a checkpoint written by `save_checkpoint` (`weights_only=True`); a corrupt file is a `CheckpointError` naming it."
+def load_checkpoint(path: Path|str, map_location="cpu", mmap: bool = False) -> dict:
+    "Load a checkpoint written by `save_checkpoint` (`weights_only=True`; `mmap`: lazily); a corrupt file is a `CheckpointError` naming it."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try: state = torch.load(path, map_location=map_location, weights_only=True)
+    try: state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {str(e)[:200]}); "
                               f"delete it to start over, or restore it from a copy") from None
@@ -58,35 +61,147 @@ def _check_same_run(path: Path, saved: dict, model_cfg: GPTConfig, train_cfg: Tr
         raise CheckpointError(f"checkpoint {path} belongs to another configuration ({'; '.join(diffs)}); "
                               f"use another out_dir, or resume=False to start over there")
 
-def _check_same_tokenizer(out: Path, data: TokenData):
-    "Resuming `out` with data of another vocabulary would silently train on another corpus: refuse, naming the file."
-    f = out/"tokenizer.json"
-    if f.is_file():
-        saved = CharTokenizer.load(f)
-        if saved.chars != data.tokenizer.chars:
-            raise CheckpointError(f"run folder {out} was trained on another corpus: its tokenizer {f} has {saved.vocab_size} characters, "
-                                  f"the data given has {data.vocab_size} (or other ones); pass the run's own corpus, or resume=False to start over")
-
 def _plain(v):
     "Tuples -> lists, recursively (JSON and checkpoints compare equal)."
     if isinstance(v, (list, tuple)): return [_plain(x) for x in v]
     if isinstance(v, dict): return {k: _plain(x) for k, x in v.items()}
     return v
 
-# %% ../nbs/06_checkpoint.ipynb #b6b01b9b
+# %% ../nbs/06_checkpoint.ipynb #2ce08de3
+class RunFolder:
+    "The files of one run: config.json, tokenizer.json, history.csv, summary.json, ckpt.pt, analysis/step_*.pt."
+    def __init__(self, path: Path|str): self.path = Path(path)
+    def __repr__(self): return f"RunFolder({str(self.path)!r})"
+    @property
+    def config(self) -> Path: return self.path/"config.json"
+    @property
+    def tokenizer(self) -> Path: return self.path/"tokenizer.json"
+    @property
+    def history(self) -> Path: return self.path/"history.csv"
+    @property
+    def summary(self) -> Path: return self.path/"summary.json"
+    @property
+    def ckpt(self) -> Path: return self.path/"ckpt.pt"
+    @property
+    def analysis(self) -> Path: return self.path/"analysis"
+
+# %% ../nbs/06_checkpoint.ipynb #a15960df
+def _dumps(obj) -> bytes: return json.dumps(_jsonable(obj), indent=1).encode()
+
+@patch
+def write_config(self: RunFolder, configs: dict) -> Path:
+    "Write config.json (atomically)."
+    return atomic_write_bytes(self.config, _dumps(configs))
+
+@patch
+def read_config(self: RunFolder) -> dict:
+    "config.json as a dict; an error naming the file if the folder is not a run folder or the file is not JSON."
+    if not self.config.is_file(): raise FileNotFoundError(f"{self.path} is not a run folder: {self.config} is missing")
+    try: return json.loads(self.config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{self.config} is corrupt, not valid JSON ({e}); restore it, or train the run again with the same "
+                         f"configs and resume=True (train() writes config.json again)") from None
+
+@patch
+def write_summary(self: RunFolder, summary: dict) -> Path:
+    "Write summary.json (atomically): the last file of a finished run."
+    return atomic_write_bytes(self.summary, _dumps(summary))
+
+@patch
+def read_summary(self: RunFolder) -> dict:
+    "summary.json as a dict (an error naming the file if it is corrupt)."
+    return read_json(self.summary)
+
+# %% ../nbs/06_checkpoint.ipynb #61ccc58f
+@patch
+def write_tokenizer(self: RunFolder, tok: CharTokenizer) -> Path:
+    "Write tokenizer.json (atomically)."
+    return tok.save(self.tokenizer)
+
+@patch
+def read_tokenizer(self: RunFolder) -> CharTokenizer:
+    "The run's `CharTokenizer` (an error naming the file if it is corrupt)."
+    return CharTokenizer.load(self.tokenizer)
+
+@patch
+def check_tokenizer(self: RunFolder, data: TokenData):
+    "Refuse `data` whose vocabulary is not the one this run was trained on (nothing to check without tokenizer.json)."
+    if not self.tokenizer.is_file(): return
+    saved = self.read_tokenizer()
+    if saved.chars != data.tokenizer.chars:
+        raise CheckpointError(f"run folder {self.path} was trained on another corpus: its tokenizer {self.tokenizer} has "
+                              f"{saved.vocab_size} characters, the data given has {data.vocab_size} (or other ones); "
+                              f"pass the run's own corpus, or resume=False to start over")
+
+# %% ../nbs/06_checkpoint.ipynb #e797bfca
+@patch
+def write_history(self: RunFolder, frame: pd.DataFrame, only_if_changed: bool = False) -> Path:
+    "Write history.csv from `frame` (atomically); `only_if_changed`: leave a file with the same bytes alone."
+    csv = frame.to_csv(index=False).encode()
+    if only_if_changed and self.history.is_file() and self.history.read_bytes() == csv: return self.history
+    return atomic_write_bytes(self.history, csv)
+
+# %% ../nbs/06_checkpoint.ipynb #0e100ac3
+_STEP_RE = re.compile(r"step_(\d+)\.pt$")
+
+@patch
+def save_ckpt(self: RunFolder, state: dict) -> Path:
+    "Write ckpt.pt (atomically)."
+    return save_checkpoint(self.ckpt, state)
+
+@patch
+def load_ckpt(self: RunFolder, map_location="cpu") -> dict:
+    "ckpt.pt as a dict (`load_checkpoint`: a corrupt file is a `CheckpointError` naming it)."
+    return load_checkpoint(self.ckpt, map_location)
+
+@patch
+def remove_stale(self: RunFolder) -> list[Path]:
+    "Delete the temporary files of a ckpt.pt write that was killed."
+    return remove_stale_writes(self.ckpt)
+
+@patch
+def save_analysis(self: RunFolder, step: int, model_state: dict, model_config: dict) -> Path:
+    "Write the weights-only analysis checkpoint of `step`."
+    return save_checkpoint(self.analysis/f"step_{step:07d}.pt", {"model": model_state, "step": step, "model_config": model_config})
+
+@patch
+def analysis_files(self: RunFolder) -> dict[int, Path]:
+    "The analysis checkpoints, {step: path}, sorted by step (empty if there are none)."
+    d = self.analysis
+    found = {int(m.group(1)): p for p in d.glob("step_*.pt") if (m := _STEP_RE.search(p.name))} if d.is_dir() else {}
+    return dict(sorted(found.items()))
+
+# %% ../nbs/06_checkpoint.ipynb #857eac3b
+def load_weights(path: Path|str, mmap: bool = False) -> dict:
+    "The state dict in a checkpoint file (its 'model' entry, or the file's dict itself); an error naming the file if it cannot be read."
+    try: st = load_checkpoint(path, mmap=mmap)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise CheckpointError(f"analysis checkpoint {path} cannot be read ({e}); delete it (the analysis uses the others) "
+                              f"or retrain the run") from None
+    return st["model"] if isinstance(st.get("model"), dict) else st
+
+@patch
+def analysis_model(self: RunFolder) -> GPT:
+    "An (uninitialised) `GPT` for the analysis checkpoints: the last one's `model_config`, else config.json's 'model'."
+    files = self.analysis_files()
+    if not files: raise FileNotFoundError(f"{self.analysis} has no analysis checkpoints (step_XXXXXXX.pt)")
+    last = list(files.values())[-1]
+    d = load_checkpoint(last).get("model_config") or (self.read_config().get("model") if self.config.is_file() else None)
+    if not isinstance(d, dict):
+        raise ValueError(f"{last} has no model_config and its run has no config.json with a 'model' entry: "
+                         f"pass model=GPT(config) to convergence")
+    return GPT(GPTConfig.from_dict(d), init=False)
+
+# %% ../nbs/06_checkpoint.ipynb #d086bf14
 def load_run(out_dir: Path|str, device: str|torch.device = "cpu") -> tuple[GPT, CharTokenizer, dict]:
     "The trained model (eval mode), tokenizer and configs (`{'model': GPTConfig, 'train': TrainConfig, 'schedules': [...]}`) of a run folder."
-    out = Path(out_dir)
-    if not (out/"config.json").is_file(): raise FileNotFoundError(f"{out} is not a run folder: {out/'config.json'} is missing")
-    try: cfgs = json.loads((out/"config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{out/'config.json'} is not valid JSON ({e}); restore it, or train the run again with the same "
-                         f"configs and resume=True (train() writes config.json again)") from None
+    rf = RunFolder(out_dir)
+    cfgs = rf.read_config()
     mcfg = GPTConfig.from_dict(cfgs["model"])
     tcfg = TrainConfig.from_dict(cfgs["train"])
-    st = load_checkpoint(out/"ckpt.pt")
+    st = rf.load_ckpt()
     model = GPT(mcfg)
     model.load_state_dict(st["model"])
     model.to(resolve_device(str(device))).eval()
-    tok = CharTokenizer.load(out/"tokenizer.json")
+    tok = rf.read_tokenizer()
     return model, tok, {"model": mcfg, "train": tcfg, "schedules": cfgs.get("schedules"), "step": int(st["step"])}

@@ -19,14 +19,15 @@ from .data import TokenData, shakespeare
 from .config import GPTConfig
 from .model import GPT
 from .utils import eval_mode
+from .checkpoint import RunFolder, load_weights
 
 # %% auto #0
 __all__ = ['PROBE_FILE', 'COMPONENTS', 'CKA_COLUMNS', 'ANALYSIS_DIR', 'KEYS', 'linear_cka', 'proportional_effective_rank',
            'condition_number', 'frobenius_norm', 'lowrank_svals', 'make_probe', 'save_probe', 'check_probe',
            'load_probe', 'probe_for_run', 'Layout', 'GPTLayout', 'NeoXLayout', 'layout_for', 'forward_hooks',
            'capture_activations', 'capture_gradients', 'matrix_metrics', 'analyse_checkpoints', 'analysis_checkpoints',
-           'check_analysis_state', 'load_analysis_state', 'convergence', 'model_from_checkpoint', 'layer_means',
-           'settling_steps', 'require_transformers', 'load_neox', 'pythia_convergence']
+           'check_analysis_state', 'load_analysis_state', 'convergence', 'layer_means', 'settling_steps',
+           'require_transformers', 'load_neox', 'pythia_convergence']
 
 # %% ../nbs/08_dynamics.ipynb #a00f767e
 def _as_f64(x) -> torch.Tensor:
@@ -396,28 +397,16 @@ def analyse_checkpoints(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]
 
 # %% ../nbs/08_dynamics.ipynb #4c8bf014
 ANALYSIS_DIR = "analysis"
-_STEP_RE = re.compile(r"step_(\d+)\.pt$")
 
 def analysis_checkpoints(run_dir: Path|str) -> dict[int, Path]:
     "The analysis checkpoints of a run, {step: path}, sorted by step; an error saying what to run if there are none."
-    d = Path(run_dir)/ANALYSIS_DIR
-    found = {int(m.group(1)): p for p in d.glob("step_*.pt") if (m := _STEP_RE.search(p.name))} if d.is_dir() else {}
+    rf = RunFolder(run_dir)
+    found = rf.analysis_files()
     if len(found) < 2:
         raise FileNotFoundError(
-            f"{d} has {len(found)} analysis checkpoint(s) (step_XXXXXXX.pt); the analysis needs at least 2. "
+            f"{rf.analysis} has {len(found)} analysis checkpoint(s) (step_XXXXXXX.pt); the analysis needs at least 2. "
             f"Train with analysis checkpoints: `train(model_cfg, TrainConfig(..., analysis_ckpts='log'), out_dir={str(run_dir)!r})`.")
-    return dict(sorted(found.items()))
-
-def _state_dict(obj) -> dict:
-    "A checkpoint's state dict (a bare one, or under 'model')."
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict): return obj["model"]
-    return obj
-
-def _read_state(path: Path|str, mmap: bool = False) -> dict:
-    try: return _state_dict(torch.load(path, map_location="cpu", weights_only=True, mmap=mmap))
-    except Exception as e:
-        raise ValueError(f"analysis checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); "
-                         f"delete it (the analysis uses the others) or retrain the run") from None
+    return found
 
 def check_analysis_state(model: nn.Module, sd: dict, path: Path|str = "the checkpoint") -> dict:
     "Check that state dict `sd` fits `model` (same names and shapes); the error names the file and the tensor."
@@ -436,16 +425,15 @@ def check_analysis_state(model: nn.Module, sd: dict, path: Path|str = "the check
 
 def load_analysis_state(model: nn.Module, path: Path|str) -> nn.Module:
     "Load a weights-only analysis checkpoint into `model`, with an error naming the tensor whose shape differs."
-    model.load_state_dict(check_analysis_state(model, _read_state(path), path))
+    model.load_state_dict(check_analysis_state(model, load_weights(path), path))
     return model
 
-def _run_meta(run_dir: Path) -> dict:
-    f = run_dir/"config.json"
-    if not f.is_file(): return {}
-    try: return json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{f} is corrupt ({e}): the analysis needs the run's block size and length from it; "
-                         f"restore it, or rerun the training into a fresh folder") from None
+def _run_config(rf: RunFolder) -> dict:
+    "config.json of the run ({} without one: the analysis then needs `model=`)."
+    if not rf.config.is_file(): return {}
+    try: return rf.read_config()
+    except ValueError as e:
+        raise ValueError(f"{e} (the analysis needs the run's block size and length from it)") from None
 
 def _total_steps(meta: dict) -> int|None:
     for k in ("train", "train_cfg", "train_config"):
@@ -463,26 +451,16 @@ def convergence(run_dir: Path|str|Sequence|dict, model: nn.Module|None = None, p
                                       batch_size, progress, device) for n, r in items], ignore_index=True)
     run_dir = Path(run_dir)
     ckpts = analysis_checkpoints(run_dir)
-    meta = _run_meta(run_dir)
-    model = (model if model is not None else model_from_checkpoint(list(ckpts.values())[-1], meta)).to(device)
+    meta = _run_config(RunFolder(run_dir))
+    model = (model if model is not None else RunFolder(run_dir).analysis_model()).to(device)
     lay = layout_for(model)
     tb = (meta.get("train") or {}).get("block_size") if isinstance(meta.get("train"), dict) else None
     if tb and isinstance(lay, GPTLayout): lay.block_size = min(int(tb), lay.block_size)  # the length it was trained on
     probe = lay.check(probe) if probe is not None else probe_for_run(run_dir, lay.block_size, n_probe, probe_seed, data)
-    for p in ckpts.values(): check_analysis_state(lay.model, _read_state(p, mmap=True), p)  # fail before any work
+    for p in ckpts.values(): check_analysis_state(lay.model, load_weights(p, mmap=True), p)  # fail before any work
     loads = [(s, (lambda p=p: load_analysis_state(lay.model, p))) for s, p in ckpts.items()]
     return analyse_checkpoints(loads, probe, name or run_dir.name, _total_steps(meta), tokens, grads,
                                n_grad_batches, batch_size, progress, layout=lay)
-
-def model_from_checkpoint(path: Path|str, meta: dict|None = None) -> GPT:
-    "An (uninitialised) `GPT` for an analysis checkpoint: its `model_config`, else the run's config.json."
-    st = torch.load(path, map_location="cpu", weights_only=True)
-    d = st.get("model_config") if isinstance(st, dict) else None
-    d = d or (meta or {}).get("model")
-    if not isinstance(d, dict):
-        raise ValueError(f"{path} has no model_config and its run has no config.json with a 'model' entry: "
-                         f"pass model=GPT(config) to convergence")
-    return GPT(GPTConfig.from_dict(d), init=False)
 
 # %% ../nbs/08_dynamics.ipynb #a6f30d10
 KEYS = ["model", "member", "layer", "component"]

@@ -17,7 +17,7 @@ from .utils import _closest, _jsonable, atomic_write_bytes, read_json, write_jso
 from .config import DROPOUT_SITES
 from .model import GPT
 from .schedules import schedule_from_dict
-from .checkpoint import load_checkpoint, load_run, save_checkpoint
+from .checkpoint import RunFolder, load_checkpoint, load_run
 from .train import train
 from .store import RunSpec, config_hash, load_runs, prepare_run, read_history, run_state, runs_root, spec_from_folder
 from .papers import Experiment, experiment_runs, get_experiment
@@ -149,24 +149,22 @@ def _member_state(model, i: int) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.member(i).state_dict().items()}
 
 def _write_member(gdir: Path, i: int, spec: RunSpec, folder: Path, model, hist: pd.DataFrame, summary: dict,
-                  analysis: dict[str, dict]) -> None:
-    "Write member `i` of the trained group in `gdir` into its run folder; summary.json (done) last."
-    sched = [spec.schedule] if spec.schedule is not None else None
+                  analysis: dict[int, dict]) -> None:
+    "Write member `i` of the trained group in `gdir` into its run folder (a `RunFolder`); summary.json (done) last."
+    rf, sched = RunFolder(folder), [spec.schedule] if spec.schedule is not None else None
     mcfg, tcfg = _jsonable(spec.model_cfg), {**_jsonable(spec.train_cfg), "out_dir": str(folder)}
-    h = hist[hist["member"] == i].assign(member=0)
-    atomic_write_bytes(folder/"history.csv", h.to_csv(index=False).encode())
-    shutil.copyfile(gdir/"tokenizer.json", folder/".tokenizer.json.tmp"); os.replace(folder/".tokenizer.json.tmp", folder/"tokenizer.json")
-    write_json(folder/"config.json", {"model": mcfg, "train": tcfg, "schedules": sched, "world_size": summary.get("world_size", 1),
-                                      "group": gdir.name, "group_member": i})
-    save_checkpoint(folder/"ckpt.pt", {"model": _member_state(model, i), "step": int(summary["iters"]), "model_config": mcfg,
-                                       "train_config": tcfg, "schedules": sched, "kind": "member", "group": gdir.name, "member": i})
-    for name, st in analysis.items():
-        save_checkpoint(folder/"analysis"/name, {"model": st["members"][i], "step": st["step"], "model_config": mcfg})
+    rf.write_history(hist[hist["member"] == i].assign(member=0))
+    rf.write_tokenizer(RunFolder(gdir).read_tokenizer())
+    rf.write_config({"model": mcfg, "train": tcfg, "schedules": sched, "world_size": summary.get("world_size", 1),
+                     "group": gdir.name, "group_member": i})
+    rf.save_ckpt({"model": _member_state(model, i), "step": int(summary["iters"]), "model_config": mcfg,
+                  "train_config": tcfg, "schedules": sched, "kind": "member", "group": gdir.name, "member": i})
+    for step, members in analysis.items(): rf.save_analysis(step, members[i], mcfg)
     ms = dict(summary["members"][i], member=0)
     top = {k: v for k, v in summary.items() if k != "members"}
-    write_json(folder/"summary.json", {**top, "n_members": 1, "members": [ms], "done": True, "run_id": folder.name,
-                                       "experiment": spec.experiment, "label": spec.label, "seed": spec.seed,
-                                       "group": gdir.name, "group_member": i, "group_size": summary.get("n_members")})
+    rf.write_summary({**top, "n_members": 1, "members": [ms], "done": True, "run_id": folder.name,
+                      "experiment": spec.experiment, "label": spec.label, "seed": spec.seed,
+                      "group": gdir.name, "group_member": i, "group_size": summary.get("n_members")})
 
 def run_group(group_dir: Path|str, device: str = "auto", progress: bool|None = None, data=None) -> list[str]:
     "Train the member group in `group_dir` (resuming) and write every unfinished member's run folder; returns their run ids."
@@ -188,11 +186,10 @@ def _train_group(gdir: Path, device: str, progress: bool|None, data) -> list[str
                     resume=not done, progress=progress)
         model, hist, summary = res.model, res.history, res.summary
     model = model.cpu()
-    analysis = {}
-    for f in sorted((gdir/"analysis").glob("step_*.pt")):
-        st = load_checkpoint(f)
-        stacked = GPT(mcfg, init=False); stacked.load_state_dict(st["model"])
-        analysis[f.name] = {"step": st["step"], "members": {i: _member_state(stacked, i) for i in todo}}
+    analysis = {}                                     # step -> {member: its weights}
+    for step, f in RunFolder(gdir).analysis_files().items():
+        stacked = GPT(mcfg, init=False); stacked.load_state_dict(load_checkpoint(f)["model"])
+        analysis[step] = {i: _member_state(stacked, i) for i in todo}
     for i in todo: _write_member(gdir, i, specs[i], folders[i], model, hist, summary, analysis)
     (gdir/"ckpt.pt").unlink(missing_ok=True)          # every member now holds its own weights
     shutil.rmtree(gdir/"analysis", ignore_errors=True)

@@ -4,28 +4,29 @@
 
 # %% ../nbs/07_train.ipynb #df909b18
 from __future__ import annotations
-import contextlib, json, math, os, signal, statistics, threading, time
-from dataclasses import dataclass, asdict
+import contextlib, math, os, signal, statistics, threading, time
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .utils import atomic_write_bytes, remove_stale_writes
+from .utils import resolve_device, synchronize
 from .data import TokenData, shakespeare
 from .config import DROPOUT_SITES, GPTConfig
 from .model import GPT
 from . import schedules as S
-from .utils import resolve_device
 from .config import COMPILE_MODES, TrainConfig
-from .checkpoint import _check_same_run, _check_same_tokenizer, load_checkpoint, save_checkpoint
+from .checkpoint import RunFolder, _check_same_run
 
 # %% auto #0
 __all__ = ['RANK_SEED_STRIDE', 'HISTORY_COLUMNS', 'resolve_dtype', 'autocast', 'compile_model', 'uses_cudagraphs', 'setup_device',
            'configure_optimizer', 'clip_grad_norm_per_member', 'member_schedules', 'dropout_rates_at', 'History',
-           'TrainResult', 'NonFiniteLossError', 'nonfinite_members', 'evaluate', 'train', 'measure_generation']
+           'TrainResult', 'NonFiniteLossError', 'nonfinite_members', 'evaluate', 'TrainState', 'setup_or_resume',
+           'draw', 'train_step', 'LossLog', 'train', 'measure_generation']
 
 # %% ../nbs/07_train.ipynb #8f7c13c3
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -241,233 +242,308 @@ class _Interrupt:
         if self._old is not None: signal.signal(signal.SIGINT, self._old)
         return False
 
-# %% ../nbs/07_train.ipynb #8970d234
-def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = None, schedules=None,
-          out_dir: Path|str|None = None, resume: bool = True, progress: bool|None = None) -> TrainResult:
-    "Train `model_cfg` with `train_cfg`; writes and resumes the run folder `out_dir` (or `train_cfg.out_dir`; None: no files)."
-    cfg = train_cfg
-    E = model_cfg.n_members
-    seeds = cfg.member_seeds(E)
-    data = data if data is not None else shakespeare()
+# %% ../nbs/07_train.ipynb #9bfb9603
+@dataclass
+class TrainState:
+    "What a run holds between steps (what a checkpoint saves), and how its forward runs."
+    model: GPT
+    opt: torch.optim.Optimizer
+    cfg: TrainConfig
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    net: nn.Module|None = None           # the training forward: the model, compiled and/or in DDP (default: the model)
+    eval_net: nn.Module|None = None      # the eval forward: the model, compiled (default: the model)
+    graphs: bool = False                 # the nets replay CUDA graphs (a replay overwrites their outputs)
+    model_cfg: GPTConfig|None = None
+    seeds: list[int] = field(default_factory=list)
+    scheds: list|None = None             # one dropout schedule per member, or None
+    gens: list[torch.Generator] = field(default_factory=list)  # one training-data generator per member
+    lr_fn: S.CosineLR|None = None
+    history: History = field(default_factory=History)
+    step: int = 0                        # completed updates
+    best: list[float] = field(default_factory=list)
+    times: dict = field(default_factory=lambda: {"train_s": 0.0, "wall_s": 0.0, "tokens": 0})
+    configs: dict = field(default_factory=dict)   # config.json: {"model", "train", "schedules", "world_size"}
+    rank: int = 0
+    world: int = 1
+    folder: RunFolder|None = None        # None: no files
+    analysis: set[int] = field(default_factory=set)  # steps of the analysis checkpoints
+    rates: dict|None = None              # the dropout rates set on the model
+    in_update: bool = False              # inside opt.step: an interrupt now cannot be checkpointed
+
+    def __post_init__(self):
+        if self.net is None: self.net = self.model
+        if self.eval_net is None: self.eval_net = self.model
+
+    @property
+    def master(self) -> bool: return self.rank == 0
+    @property
+    def writer(self) -> RunFolder|None:
+        "The run folder where this rank writes (rank 0 only), else None."
+        return self.folder if self.master else None
+    @property
+    def n_members(self) -> int: return self.model.config.n_members
+    @property
+    def tokens_per_step(self) -> int: return self.cfg.batch_size * self.cfg.block_size * self.n_members * self.world
+
+# %% ../nbs/07_train.ipynb #bc0a9cfd
+def _checkpoint_state(s: TrainState, rank_states: list[dict], kind: str) -> dict:
+    "The checkpoint of `s`; `rank_states`: every rank's RNG and data-generator states at the step boundary."
+    return {"model": s.model.state_dict(), "optimizer": s.opt.state_dict(), "rank_states": rank_states,
+            "schedule_states": None if s.scheds is None else [x.state_dict() for x in s.scheds],
+            "history": s.history.to_dict(), "step": s.step, "best_val": list(s.best), "times": dict(s.times),
+            "model_config": s.configs["model"], "train_config": s.configs["train"], "schedules": s.configs["schedules"],
+            "world_size": s.world, "kind": kind}
+
+def _resume(s: TrainState, data: TokenData):
+    "Restore `s` from its run folder's ckpt.pt, refusing a checkpoint of another run or corpus."
+    st = s.folder.load_ckpt()
+    _check_same_run(s.folder.ckpt, st, s.model_cfg, s.cfg, s.configs["schedules"], s.world)
+    s.folder.check_tokenizer(data)
+    s.model.load_state_dict(st["model"])
+    s.opt.load_state_dict(st["optimizer"])
+    rs = st["rank_states"][s.rank]
+    _set_rng_state(rs["rng"], s.device)
+    for g, x in zip(s.gens, rs["data"]): g.set_state(x)
+    for sch, x in zip(s.scheds or [], st["schedule_states"] or []): sch.load_state_dict(x)
+    s.history, s.step, s.best, s.times = History(st["history"]), int(st["step"]), list(st["best_val"]), dict(st["times"])
+
+def setup_or_resume(model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, scheds: list|None = None,
+                    device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32, rank: int = 0,
+                    world: int = 1, folder: RunFolder|None = None, resume: bool = True) -> TrainState:
+    "A fresh `TrainState`, or the one in `folder`'s checkpoint (`resume`); writes config.json and tokenizer.json (rank 0)."
+    seeds = cfg.member_seeds(model_cfg.n_members)
+    model = _build_model(model_cfg, seeds).to(device)
+    s = TrainState(model, configure_optimizer(model, cfg, device), cfg, device, dtype, model_cfg=model_cfg, seeds=seeds,
+                   scheds=scheds, lr_fn=S.CosineLR(cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters),
+                   gens=[torch.Generator().manual_seed(x + RANK_SEED_STRIDE * rank) for x in seeds],
+                   best=[float("inf")] * model_cfg.n_members, rank=rank, world=world, folder=folder, analysis=_analysis_steps(cfg),
+                   configs={"model": asdict(model_cfg), "train": asdict(cfg),
+                            "schedules": None if scheds is None else [x.to_dict() for x in scheds], "world_size": world})
+    torch.manual_seed((seeds[0] * 1_000_033 + 17 + rank) % 2**63)  # dropout masks (the CUDA RNG is seeded too)
+    if resume and folder is not None and folder.ckpt.is_file(): _resume(s, data)
+    elif s.writer is not None: s.writer.summary.unlink(missing_ok=True)
+    if s.writer is not None:
+        s.writer.write_config(s.configs)
+        s.writer.write_tokenizer(data.tokenizer)
+        if s.step > 0: s.writer.write_history(s.history.frame(), only_if_changed=True)  # the checkpoint's history is the truth
+    s.eval_net = compile_model(model, cfg.compile_mode) if cfg.compile else model
+    s.graphs = uses_cudagraphs(cfg.compile, cfg.compile_mode, device)
+    s.net = s.eval_net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        s.net = DDP(s.eval_net, device_ids=[device.index] if device.type == "cuda" else None)
+    return s
+
+# %% ../nbs/07_train.ipynb #cdf61029
+def draw(s: TrainState, data: TokenData) -> tuple[torch.Tensor, torch.Tensor, list]:
+    "The next training batch (x, y) of every member, and the generators' states before it."
+    states = [g.get_state() for g in s.gens]
+    x, y = data.get_batch("train", s.cfg.batch_size, s.cfg.block_size, s.device, s.gens)
+    return x, y, states
+
+def _set_rates(s: TrainState, it: int) -> tuple[float, dict]:
+    "Set iteration `it`'s learning rate and each member's dropout rates (only where they change); returns both."
+    lr = s.lr_fn(it) if s.cfg.decay_lr else s.cfg.lr
+    for g in s.opt.param_groups: g["lr"] = lr
+    rates, driven = dropout_rates_at(it, s.scheds, s.model_cfg)
+    for site in sorted(driven):
+        if s.rates is None or s.rates[site] != rates[site]: s.model.set_dropout(site, torch.tensor(rates[site]))
+    s.rates = rates
+    return lr, rates
+
+def train_step(s: TrainState, x: torch.Tensor, y: torch.Tensor, prefetch=None) -> tuple[torch.Tensor, torch.Tensor, object]:
+    "One update of every member on (x, y); returns the detached loss `(E,)`, grad norm `(E,)` and `prefetch()` (called after the forward)."
+    if s.graphs: torch.compiler.cudagraph_mark_step_begin()
+    with autocast(s.device, s.dtype): _, loss = s.net(x, y)          # loss: (E,)
+    nxt = prefetch() if prefetch is not None else None                # the next batch, drawn while the GPU works
+    loss.sum().backward()                                             # DDP averages gradients here
+    gnorm = clip_grad_norm_per_member(s.model.parameters(), s.cfg.grad_clip)  # after the all-reduce; 0: norms only
+    s.in_update = True
+    s.opt.step()
+    s.opt.zero_grad(set_to_none=True)
+    return (loss.detach().clone() if s.graphs else loss.detach()), gnorm, nxt
+
+# %% ../nbs/07_train.ipynb #ebe5ea8e
+class LossLog:
+    "Per-step losses and grad norms kept on the device until `flush` reads them; the training clock and throughput."
+    def __init__(self, s: TrainState, bar=None):
+        self.s, self.bar = s, bar
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, loss (E,), grad norm (E,)), not yet read
+        self.rows: dict[int, dict] = {}                                   # step -> lr, rates (known on the host)
+        self.last = self.t0 = time.perf_counter()
+        self.wall0, self.tokens, self.train_s = s.times["wall_s"], 0, s.times["train_s"]
+
+@patch
+def add(self: LossLog, step: int, loss: torch.Tensor, gnorm: torch.Tensor, row: dict|None = None):
+    "Keep step `step`'s loss and grad norm; `row` (lr, rates): a history row is due at the next flush."
+    self.pending.append((step, loss, gnorm))
+    if row is not None: self.rows[step] = row
+    n = self.s.tokens_per_step
+    self.tokens += n
+    self.s.times["tokens"] += n
+    if self.bar is not None: self.bar.update(1)
+
+@patch
+def tick(self: LossLog):
+    "Count the time since the last mark as training time (syncs the device: only at log/eval/save)."
+    synchronize(self.s.device)
+    now, times = time.perf_counter(), self.s.times
+    times["train_s"] += now - self.last
+    times["wall_s"] = self.wall0 + now - self.t0
+    self.last = now
+
+@patch
+def untimed(self: LossLog):
+    "Restart the training clock after eval/checkpoint work."
+    self.last = time.perf_counter()
+
+# %% ../nbs/07_train.ipynb #237c1601
+def _last_good(s: TrainState) -> Path|None:
+    "The run folder's checkpoint if there is one (what an error says is intact)."
+    return s.folder.ckpt if s.folder is not None and s.folder.ckpt.is_file() else None
+
+def _write_history(s: TrainState):
+    if s.writer is not None: s.writer.write_history(s.history.frame())
+
+@patch
+def flush(self: LossLog):
+    "Read the losses kept on the device (one sync), check them, log the rows due."
+    if not self.pending: return
+    s, steps = self.s, [i for i, _, _ in self.pending]
+    both = _all_mean(torch.stack([torch.stack([l, g]) for _, l, g in self.pending]).float(), s.world).cpu()  # (n, 2, E)
+    self.pending.clear()
+    vals, gnorms = both[:, 0], both[:, 1]                                                                 # (n, E) each
+    bad = (~torch.isfinite(both)).nonzero()  # rows in step order: the first bad step, loss before grad norm
+    if len(bad):
+        i, w, m = bad[0].tolist()
+        _write_history(s)
+        raise NonFiniteLossError(steps[i], m, float(both[i, w, m]), _last_good(s), what="training loss" if w == 0 else "gradient norm")
+    self.tick()
+    tps = self.tokens / max(s.times["train_s"] - self.train_s, 1e-9)
+    self.tokens, self.train_s = 0, s.times["train_s"]
+    for j, it in enumerate(steps):
+        if it not in self.rows: continue
+        info = self.rows.pop(it)
+        for m in range(s.n_members):
+            s.history.update(it, m, lr=info["lr"], **{f"rate_{site}": info["rates"][site][m] for site in DROPOUT_SITES},
+                             train_loss=float(vals[j, m]), grad_norm=float(gnorms[j, m]), tokens_per_s=tps, time_s=s.times["wall_s"])
+    if self.bar is not None: self.bar.set_postfix(loss=f"{float(vals[-1].mean()):.4f}", refresh=False)
+
+# %% ../nbs/07_train.ipynb #ab106bf8
+def _eval_at(s: TrainState, data: TokenData, log: LossLog, step: int):
+    "Evaluate the weights after `step` updates (once), update best, the schedules and history.csv."
+    log.flush(); log.tick()
+    if s.history.has_eval(step): return
+    ev = evaluate(s.eval_net, data, s.cfg, s.seeds, step, s.device, s.dtype, s.rank, s.world, cudagraphs=s.graphs)
+    for m in range(s.n_members):
+        v = float(ev["val"][m])
+        s.best[m] = min(s.best[m], v)
+        s.history.update(step, m, val_loss=v, eval_train_loss=float(ev["train"][m]), time_s=s.times["wall_s"])
+    if s.scheds is not None: S.observe_members(s.scheds, step, ev["val"].tolist())
+    if log.bar is not None: log.bar.set_postfix(val=f"{float(ev['val'].mean()):.4f}", refresh=False)
+    _write_history(s)
+    log.untimed()
+
+def _save(s: TrainState, rs: dict, kind: str = "ckpt"):
+    "Checkpoint of `s.step` completed updates; `rs`: this rank's RNG and data-generator states at that boundary."
+    if s.folder is None: return
+    if s.world > 1:
+        import torch.distributed as dist
+        all_rs = [None] * s.world
+        dist.all_gather_object(all_rs, {"rng": {k: v.cpu() for k, v in rs["rng"].items()}, "data": rs["data"]})
+    else: all_rs = [rs]
+    bad = nonfinite_members(s.model)  # never write non-finite weights over the last good checkpoint
+    if bad:
+        _write_history(s)
+        raise NonFiniteLossError(s.step, bad[0], float("nan"), _last_good(s), what="weight")
+    if s.writer is None: return
+    s.writer.save_ckpt(_checkpoint_state(s, all_rs, kind))
+    _write_history(s)
+
+def _save_analysis(s: TrainState, step: int):
+    if s.writer is not None and step in s.analysis:
+        if nonfinite_members(s.model): return  # the NaN check stops the run at the next read
+        s.writer.save_analysis(step, s.model.state_dict(), s.configs["model"])
+
+def _boundary(s: TrainState, data_states: list) -> dict:
+    "This rank's RNG and data-generator states at a step boundary: what a checkpoint of `s.step` updates holds."
+    return {"rng": _rng_state(s.device), "data": data_states}
+
+def _agree_stop(s: TrainState, requested: bool, log_now: bool) -> bool:
+    "Stop now? Under DDP every rank must stop at the same step: they agree at log steps only."
+    if s.world == 1: return requested
+    return log_now and bool(_all_mean(torch.tensor([float(requested)], device=s.device), s.world).item() > 0)
+
+# %% ../nbs/07_train.ipynb #74487ea0
+def _check_inputs(model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData):
+    "Refuse data or blocks the model cannot take, naming the field to change."
     if data.vocab_size > model_cfg.vocab_size:
         raise ValueError(f"model vocab_size={model_cfg.vocab_size} is smaller than the data's {data.vocab_size} symbols; set vocab_size={data.vocab_size}")
     if cfg.block_size > model_cfg.block_size:
         raise ValueError(f"TrainConfig block_size={cfg.block_size} exceeds the model's block_size={model_cfg.block_size}; lower it or enlarge the model's")
-    scheds = member_schedules(schedules, E)
-    sched_dicts = None if scheds is None else [s.to_dict() for s in scheds]
 
-    device = resolve_device(cfg.device)
-    rank, world, device, dist_started = _dist_setup(device)
-    master = rank == 0
+# %% ../nbs/07_train.ipynb #a25c04da
+def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = None, schedules=None,
+          out_dir: Path|str|None = None, resume: bool = True, progress: bool|None = None) -> TrainResult:
+    "Train `model_cfg` with `train_cfg`; writes and resumes the run folder `out_dir` (or `train_cfg.out_dir`; None: no files)."
+    cfg, data = train_cfg, data if data is not None else shakespeare()
+    _check_inputs(model_cfg, cfg, data)
+    scheds = member_schedules(schedules, model_cfg.n_members)
+    rank, world, device, dist_started = _dist_setup(resolve_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
     setup_device(device)
-    out = Path(out_dir or cfg.out_dir) if (out_dir or cfg.out_dir) else None
-    ckpt_path = out/"ckpt.pt" if out else None
-    if master and ckpt_path is not None: remove_stale_writes(ckpt_path)   # temp files of a writer killed mid-save
-    progress = (_default_progress() if progress is None else progress) and master
-
+    folder = RunFolder(out_dir or cfg.out_dir) if (out_dir or cfg.out_dir) else None
+    if rank == 0 and folder is not None: folder.remove_stale()   # temp files of a writer killed mid-save
+    progress = (_default_progress() if progress is None else progress) and rank == 0
     try:
-        model = _build_model(model_cfg, seeds).to(device)
-        opt = configure_optimizer(model, cfg, device)
-        lr_fn = S.CosineLR(cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
-        gens = [torch.Generator().manual_seed(s + RANK_SEED_STRIDE * rank) for s in seeds]
-        torch.manual_seed((seeds[0] * 1_000_033 + 17 + rank) % 2**63)  # dropout masks (the CUDA RNG is seeded too)
-        history, step, best = History(), 0, [float("inf")] * E
-        times = {"train_s": 0.0, "wall_s": 0.0, "tokens": 0}
-        configs = {"model": asdict(model_cfg), "train": asdict(cfg), "schedules": sched_dicts, "world_size": world}
-
-        if resume and ckpt_path is not None and ckpt_path.is_file():
-            st = load_checkpoint(ckpt_path)
-            _check_same_run(ckpt_path, st, model_cfg, cfg, sched_dicts, world)
-            _check_same_tokenizer(out, data)
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            rs = st["rank_states"][rank]
-            _set_rng_state(rs["rng"], device)
-            for g, s in zip(gens, rs["data"]): g.set_state(s)
-            for sch, s in zip(scheds or [], st["schedule_states"] or []): sch.load_state_dict(s)
-            history, step, best = History(st["history"]), int(st["step"]), list(st["best_val"])
-            times = dict(st["times"])
-        elif master and out is not None:
-            (out/"summary.json").unlink(missing_ok=True)
-        if master and out is not None:
-            atomic_write_bytes(out/"config.json", json.dumps(configs, indent=1).encode())
-            data.tokenizer.save(out/"tokenizer.json")
-            if step > 0:  # resumed: the checkpoint's history is the truth; a damaged or longer history.csv is replaced
-                csv = history.frame().to_csv(index=False).encode()
-                if not (out/"history.csv").is_file() or (out/"history.csv").read_bytes() != csv: atomic_write_bytes(out/"history.csv", csv)
-
-        net = compile_model(model, cfg.compile_mode) if cfg.compile else model
-        graphs = uses_cudagraphs(cfg.compile, cfg.compile_mode, device)
-        train_net = net
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            train_net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
-        analysis = _analysis_steps(cfg)
-
-        def draw():
-            states = [g.get_state() for g in gens]
-            x, y = data.get_batch("train", cfg.batch_size, cfg.block_size, device, gens)
-            return x, y, states
-
-        def save(rs: dict, kind: str = "ckpt"):
-            "Checkpoint of `step` completed updates; `rs`: this rank's RNG and data-generator states at that boundary."
-            if out is None: return
-            if world > 1:
-                import torch.distributed as dist
-                all_rs = [None] * world
-                dist.all_gather_object(all_rs, {"rng": {k: v.cpu() for k, v in rs["rng"].items()}, "data": rs["data"]})
-            else: all_rs = [rs]
-            bad = nonfinite_members(model)  # never write non-finite weights over the last good checkpoint
-            if bad:
-                write_history()
-                raise NonFiniteLossError(step, bad[0], float("nan"), ckpt_path if ckpt_path.is_file() else None, what="weight")
-            if not master: return
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rank_states": all_rs,
-                     "schedule_states": None if scheds is None else [s.state_dict() for s in scheds],
-                     "history": history.to_dict(), "step": step, "best_val": list(best), "times": dict(times),
-                     "model_config": configs["model"], "train_config": configs["train"], "schedules": sched_dicts,
-                     "world_size": world, "kind": kind}
-            save_checkpoint(ckpt_path, state)
-            write_history()
-
-        def write_history():
-            if master and out is not None:
-                atomic_write_bytes(out/"history.csv", history.frame().to_csv(index=False).encode())
-
-        def save_analysis(s: int):
-            if master and out is not None and s in analysis:
-                if nonfinite_members(model): return  # the NaN check stops the run at the next read
-                save_checkpoint(out/"analysis"/f"step_{s:07d}.pt", {"model": model.state_dict(), "step": s,
-                                "model_config": configs["model"]})
-
-        pending_losses: list[tuple[int, torch.Tensor, torch.Tensor]] = []   # (step, loss (E,), grad norm (E,)) on the device, not yet read
-        log_rows: dict[int, dict] = {}                         # step -> lr, rates (known on the host)
-        clk = {"last": time.perf_counter(), "t0": time.perf_counter(), "wall0": times["wall_s"],
-               "tokens": 0, "train_s": times["train_s"]}
-
-        def sync():
-            if device.type == "cuda": torch.cuda.synchronize(device)
-
-        def tick():
-            "Count the time since the last mark as training time (syncs the device: only at log/eval/save)."
-            sync()
-            now = time.perf_counter()
-            times["train_s"] += now - clk["last"]
-            times["wall_s"] = clk["wall0"] + now - clk["t0"]
-            clk["last"] = now
-
-        def untimed():
-            "Restart the training clock after eval/checkpoint work."
-            clk["last"] = time.perf_counter()
-
-        def flush():
-            "Read the losses kept on the device (one sync), check them, log the rows due."
-            if not pending_losses: return
-            steps_ = [s for s, _, _ in pending_losses]
-            both = _all_mean(torch.stack([torch.stack([l, g]) for _, l, g in pending_losses]).float(), world).cpu()  # (n, 2, E)
-            pending_losses.clear()
-            vals, gnorms = both[:, 0], both[:, 1]                                                               # (n, E) each
-            bad = (~torch.isfinite(both)).nonzero()  # rows in step order: the first bad step, loss before grad norm
-            if len(bad):
-                i, w, m = bad[0].tolist()
-                write_history()
-                raise NonFiniteLossError(steps_[i], m, float(both[i, w, m]), ckpt_path if ckpt_path and ckpt_path.is_file() else None,
-                                         what="training loss" if w == 0 else "gradient norm")
-            tick()
-            tps = clk["tokens"] / max(times["train_s"] - clk["train_s"], 1e-9)
-            clk["tokens"], clk["train_s"] = 0, times["train_s"]
-            for j, s in enumerate(steps_):
-                if s in log_rows:
-                    info = log_rows.pop(s)
-                    for m in range(E):
-                        history.update(s, m, lr=info["lr"], **{f"rate_{site}": info["rates"][site][m] for site in DROPOUT_SITES},
-                                       train_loss=float(vals[j, m]), grad_norm=float(gnorms[j, m]), tokens_per_s=tps, time_s=times["wall_s"])
-            if bar is not None: bar.set_postfix(loss=f"{float(vals[-1].mean()):.4f}", refresh=False)
-
-        def do_eval(s: int):
-            flush(); tick()
-            if history.has_eval(s): return
-            ev = evaluate(net, data, cfg, seeds, s, device, dtype, rank, world, cudagraphs=graphs)
-            for m in range(E):
-                v = float(ev["val"][m])
-                best[m] = min(best[m], v)
-                history.update(s, m, val_loss=v, eval_train_loss=float(ev["train"][m]), time_s=times["wall_s"])
-            if scheds is not None: S.observe_members(scheds, s, ev["val"].tolist())
-            if bar is not None: bar.set_postfix(val=f"{float(ev['val'].mean()):.4f}", refresh=False)
-            write_history()
-            untimed()
-
-        bar = tqdm(total=cfg.max_iters, initial=step, desc="train", dynamic_ncols=True) if progress else None
-        model.train()
-        pending = draw() if step < cfg.max_iters else (None, None, [g.get_state() for g in gens])
-        cur_rates, stop, in_update = None, False, False
-        n_tok = cfg.batch_size * cfg.block_size * E * world
+        s = setup_or_resume(model_cfg, cfg, data, scheds, device, dtype, rank, world, folder, resume)
+        log = LossLog(s, tqdm(total=cfg.max_iters, initial=s.step, desc="train", dynamic_ncols=True) if progress else None)
+        s.model.train()
+        x, y, states = draw(s, data) if s.step < cfg.max_iters else (None, None, [g.get_state() for g in s.gens])
+        stop = False
         with _Interrupt() as intr, torch.enable_grad():                # trains whatever the caller's grad mode
             try:
                 while True:
-                    # a step boundary: what a checkpoint of `step` completed updates holds
-                    boundary = {"rng": _rng_state(device), "data": pending[2]}
-                    in_update = False
+                    boundary, s.in_update = _boundary(s, states), False
                     if stop: raise KeyboardInterrupt
-                    if step >= cfg.max_iters: break
-                    it = step
-                    if it % cfg.eval_interval == 0: do_eval(it)
-                    if it in analysis: tick(); save_analysis(it); untimed()
-                    lr = lr_fn(it) if cfg.decay_lr else cfg.lr
-                    for g in opt.param_groups: g["lr"] = lr
-                    rates, driven = dropout_rates_at(it, scheds, model_cfg)
-                    for site in sorted(driven):
-                        if cur_rates is None or cur_rates[site] != rates[site]: model.set_dropout(site, torch.tensor(rates[site]))
-                    cur_rates = rates
-                    x, y, _ = pending
-                    if graphs: torch.compiler.cudagraph_mark_step_begin()
-                    with autocast(device, dtype): _, loss = train_net(x, y)       # loss: (E,)
-                    pending = draw()                                             # prefetch while the GPU works
-                    loss.sum().backward()                                        # DDP averages gradients here
-                    gnorm = clip_grad_norm_per_member(model.parameters(), cfg.grad_clip)  # after the all-reduce; 0: norms only
-                    in_update = True
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    pending_losses.append((it, loss.detach().clone() if graphs else loss.detach(), gnorm))
-                    step = it + 1
-                    clk["tokens"] += n_tok
-                    times["tokens"] += n_tok
-                    if bar is not None: bar.update(1)
-                    log_now = it % cfg.log_interval == 0 or step == cfg.max_iters
-                    if log_now:
-                        log_rows[it] = {"lr": lr, "rates": rates}
-                        flush()
-                    stop = intr.requested
-                    if world > 1:  # every rank must stop at the same step: agree at log steps only
-                        stop = log_now and bool(_all_mean(torch.tensor([float(stop)], device=device), world).item() > 0)
-                    if cfg.ckpt_interval and step % cfg.ckpt_interval == 0 and step < cfg.max_iters:
-                        flush(); tick(); save({"rng": _rng_state(device), "data": pending[2]}); untimed()
-                finished_before = history.has_eval(cfg.max_iters)  # resumed from a finished run: nothing to redo
-                do_eval(cfg.max_iters)
-                tick()
+                    if s.step >= cfg.max_iters: break
+                    it = s.step
+                    if it % cfg.eval_interval == 0: _eval_at(s, data, log, it)
+                    if it in s.analysis: log.tick(); _save_analysis(s, it); log.untimed()
+                    lr, rates = _set_rates(s, it)
+                    loss, gnorm, (x, y, states) = train_step(s, x, y, prefetch=lambda: draw(s, data))
+                    s.step = it + 1
+                    log_now = it % cfg.log_interval == 0 or s.step == cfg.max_iters
+                    log.add(it, loss, gnorm, {"lr": lr, "rates": rates} if log_now else None)
+                    if log_now: log.flush()
+                    stop = _agree_stop(s, intr.requested, log_now)
+                    if cfg.ckpt_interval and s.step % cfg.ckpt_interval == 0 and s.step < cfg.max_iters:
+                        log.flush(); log.tick(); _save(s, _boundary(s, states)); log.untimed()
+                finished_before = s.history.has_eval(cfg.max_iters)  # resumed from a finished run: nothing to redo
+                _eval_at(s, data, log, cfg.max_iters)
+                log.tick()
                 if not finished_before:
-                    save_analysis(cfg.max_iters)
-                    save({"rng": _rng_state(device), "data": pending[2]}, "final")
+                    _save_analysis(s, cfg.max_iters)
+                    _save(s, _boundary(s, states), "final")
             except KeyboardInterrupt:
-                if in_update or out is None: raise  # interrupted inside an update: the last periodic checkpoint stays
-                flush(); tick()
-                save(boundary, "interrupt")
-                if master: print(f"interrupted: checkpoint of step {step} saved to {ckpt_path}; run again with resume=True to continue")
+                if s.in_update or folder is None: raise  # interrupted inside an update: the last periodic checkpoint stays
+                log.flush(); log.tick()
+                _save(s, boundary, "interrupt")
+                if s.master: print(f"interrupted: checkpoint of step {s.step} saved to {folder.ckpt}; run again with resume=True to continue")
                 raise
             finally:
-                if bar is not None: bar.close()
-
-        hist = history.frame()
-        summary = _summary(hist, times, cfg, seeds, E, world, step)
-        if master and out is not None:
-            atomic_write_bytes(out/"summary.json", json.dumps(summary, indent=1).encode())
-        return TrainResult(model, hist, summary, out)
+                if log.bar is not None: log.bar.close()
+        hist = s.history.frame()
+        summary = _summary(hist, s.times, cfg, s.seeds, s.n_members, world, s.step)
+        if s.writer is not None: s.writer.write_summary(summary)
+        return TrainResult(s.model, hist, summary, folder.path if folder is not None else None)
     finally:
         if dist_started:
             import torch.distributed as dist
             dist.destroy_process_group()
 
+# %% ../nbs/07_train.ipynb #ab2e1f47
 def _nan_to_none(v):
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 

@@ -64,11 +64,11 @@ def _loaders():
         "load_run": ("ckpt.pt", lambda r, f: CK.load_run(r)),
         "train-resume": ("ckpt.pt", lambda r, f: T.train(*tiny_configs(), data=tiny_data(), out_dir=r, progress=False)),
         "convergence": ("analysis/step_0000004.pt", lambda r, f: Y.convergence(r, data=tiny_data(), progress=False)),
-        "model_from_checkpoint": ("analysis/step_0000008.pt", lambda r, f: Y.model_from_checkpoint(f)),
+        "analysis_model": ("analysis/step_0000008.pt", lambda r, f: CK.RunFolder(r).analysis_model()),
         "load_probe": ("probe.pt", lambda r, f: Y.load_probe(r, 16)),
     }
 
-@pytest.mark.parametrize("loader", ["load_checkpoint", "load_run", "train-resume", "convergence", "model_from_checkpoint", "load_probe"])
+@pytest.mark.parametrize("loader", ["load_checkpoint", "load_run", "train-resume", "convergence", "analysis_model", "load_probe"])
 def test_a_pickled_object_in_a_file_never_runs(run_with, loader):
     rel, call = _loaders()[loader]
     r, f, marker = run_with(rel)

@@ -244,3 +244,21 @@ def test_cli_train_and_sample(tmp_path):
     assert "did you mean 'max_iters'" in err.getvalue()
     with contextlib.redirect_stderr(err): assert main(["sample", "--run", str(tmp_path/"nothing")]) == 2
     assert "not a run folder" in err.getvalue()
+
+def test_train_is_a_loop_of_train_step(ds):
+    "setup_or_resume, draw, _set_rates and train_step by hand (the step bench times) give bitwise train's weights and losses."
+    m, t = cfgs(max_iters=4, eval_interval=4)
+    ref = T.train(m, t, ds, scheds())
+    s = T.setup_or_resume(m, t, ds, T.member_schedules(scheds(), 2))
+    s.model.train()
+    x, y, _ = T.draw(s, ds)
+    losses = []
+    with torch.enable_grad():
+        for it in range(4):
+            if it % t.eval_interval == 0: S.observe_members(s.scheds, it, T.evaluate(s.model, ds, t, s.seeds, it)["val"].tolist())
+            T._set_rates(s, it)
+            loss, gnorm, (x, y, _) = T.train_step(s, x, y, prefetch=lambda: T.draw(s, ds))
+            losses.append(loss)
+    for k, v in ref.model.state_dict().items(): assert torch.equal(v, s.model.state_dict()[k]), k
+    h = ref.history.dropna(subset=["train_loss"])
+    for it in range(4): assert h[h.step == it].train_loss.tolist() == losses[it].tolist()
