@@ -24,7 +24,7 @@ from fixtures import TINY_TEXT, CLIError, cli, corrupt, run_copy, sweep_copy, sw
 
 @dataclass(frozen=True)
 class Case:
-    "One bad input: what is done (`do(ws)`, after `setup(ws)`), the exception it must raise, text its message must contain."
+    "One bad input: what is done (`setup(ws)`, then `do(ws)`), the exception it must raise, text its message must contain."
     id: str
     area: str                          # config, data, checkpoint, schedule, sweep, analysis, cli
     error: type                        # the exception type expected (a subclass also passes)
@@ -42,8 +42,8 @@ class Case:
         fn = ast.parse(textwrap.dedent(inspect.getsource(self.do))).body[0]
         done = [ast.unparse(s) for s in fn.body]
         if self.setup is not None:
-            kw = next(k for k in fn.decorator_list[0].keywords if k.arg == "setup")
-            done.insert(0, ast.unparse(kw.value.body))
+            kw = next(k.value for k in fn.decorator_list[0].keywords if k.arg == "setup")
+            done.insert(0, ast.unparse(kw.body) if isinstance(kw, ast.Lambda) else f"{ast.unparse(kw)}(ws)")
         return "; ".join(done)
 
 CASES: list[Case] = []
@@ -156,31 +156,39 @@ def _(ws): train(*tiny_configs(model=dict(vocab_size=10)), data=tiny_data())
 def _(ws): CharTokenizer.load(write(ws/'tokenizer.json', '{"chars": '))
 
 # ---------------------------------------------------------------- checkpoints and run files
-@case('ckpt-truncated-resume', 'checkpoint', ValueError, '{ws}/run/ckpt.pt', setup=lambda ws: corrupt(run_copy(ws)/'ckpt.pt'))
+@case('ckpt-truncated-resume', 'checkpoint', ValueError, '{ws}/run/ckpt.pt',
+      setup=lambda ws: corrupt(run_copy(ws)/'ckpt.pt'))
 def _(ws): train(*tiny_configs(), data=tiny_data(), out_dir=ws/'run')
 
-@case('ckpt-garbage-load-run', 'checkpoint', ValueError, '{ws}/run/ckpt.pt', setup=lambda ws: corrupt(run_copy(ws)/'ckpt.pt', 'garbage'))
+@case('ckpt-garbage-load-run', 'checkpoint', ValueError, '{ws}/run/ckpt.pt',
+      setup=lambda ws: corrupt(run_copy(ws)/'ckpt.pt', 'garbage'))
 def _(ws): load_run(ws/'run')
 
-@case('ckpt-empty', 'checkpoint', ValueError, '{ws}/run/ckpt.pt', setup=lambda ws: corrupt(run_copy(ws)/'ckpt.pt', 'empty'))
+@case('ckpt-empty', 'checkpoint', ValueError, '{ws}/run/ckpt.pt',
+      setup=lambda ws: corrupt(run_copy(ws)/'ckpt.pt', 'empty'))
 def _(ws): load_checkpoint(ws/'run'/'ckpt.pt')
 
-@case('ckpt-missing', 'checkpoint', FileNotFoundError, '{ws}/run/ckpt.pt', setup=lambda ws: (run_copy(ws)/'ckpt.pt').unlink())
+@case('ckpt-missing', 'checkpoint', FileNotFoundError, '{ws}/run/ckpt.pt',
+      setup=lambda ws: (run_copy(ws)/'ckpt.pt').unlink())
 def _(ws): load_run(ws/'run')
 
-@case('ckpt-pickled-code', 'checkpoint', ValueError, '{ws}/run/ckpt.pt', setup=lambda ws: torch.save({'model': Evil()}, run_copy(ws)/'ckpt.pt'))
+@case('ckpt-pickled-code', 'checkpoint', ValueError, '{ws}/run/ckpt.pt',
+      setup=lambda ws: torch.save({'model': Evil()}, run_copy(ws)/'ckpt.pt'))
 def _(ws): load_run(ws/'run')
 
 @case('ckpt-other-config', 'checkpoint', ValueError, 'n_embd')
 def _(ws): train(*tiny_configs(model=dict(n_embd=32)), data=tiny_data(), out_dir=run_copy(ws))
 
 @case('ckpt-resume-other-corpus', 'checkpoint', ValueError, 'tokenizer')
-def _(ws): train(*tiny_configs(max_iters=12), data=TokenData.from_text(TINY_TEXT.upper(), cache=False), out_dir=run_copy(ws))
+def _(ws):
+    train(*tiny_configs(max_iters=12), data=TokenData.from_text(TINY_TEXT.upper(), cache=False), out_dir=run_copy(ws))
 
-@case('run-config-json-corrupt', 'checkpoint', ValueError, '{ws}/run/config.json', setup=lambda ws: corrupt(run_copy(ws)/'config.json'))
+@case('run-config-json-corrupt', 'checkpoint', ValueError, '{ws}/run/config.json',
+      setup=lambda ws: corrupt(run_copy(ws)/'config.json'))
 def _(ws): load_run(ws/'run')
 
-@case('run-tokenizer-corrupt', 'checkpoint', ValueError, '{ws}/run/tokenizer.json', setup=lambda ws: corrupt(run_copy(ws)/'tokenizer.json'))
+@case('run-tokenizer-corrupt', 'checkpoint', ValueError, '{ws}/run/tokenizer.json',
+      setup=lambda ws: corrupt(run_copy(ws)/'tokenizer.json'))
 def _(ws): load_run(ws/'run')
 
 @case('run-out-dir-is-a-file', 'checkpoint', OSError, '{ws}/taken')
@@ -236,32 +244,41 @@ def _(ws): experiment_runs('paper2', 'smoke', labels=['linaer'])
 @case('sweep-unknown-executor', 'sweep', ValueError, "'slurm'")
 def _(ws): sweep('paper2', executor='slurm', root=ws)
 
-@case('sweep-hash-collision', 'sweep', ValueError, '{ws}/paper2/', setup=lambda ws: another_config_same_id(ws))
+@case('sweep-hash-collision', 'sweep', ValueError, '{ws}/paper2/',
+      setup=lambda ws: another_config_same_id(ws))
 def _(ws): prepare_run(smoke_fixed(), ws)
 
-@case('sweep-run-json-corrupt', 'sweep', ValueError, 'run.json', setup=lambda ws: corrupt(sweep_run(sweep_copy(ws))/'run.json'))
+@case('sweep-run-json-corrupt', 'sweep', ValueError, 'run.json',
+      setup=lambda ws: corrupt(sweep_run(sweep_copy(ws))/'run.json'))
 def _(ws): load_runs(ws/'runs')
 
-@case('sweep-summary-corrupt', 'sweep', ValueError, 'summary.json', setup=lambda ws: corrupt(sweep_run(sweep_copy(ws))/'summary.json'))
+@case('sweep-summary-corrupt', 'sweep', ValueError, 'summary.json',
+      setup=lambda ws: corrupt(sweep_run(sweep_copy(ws))/'summary.json'))
 def _(ws): load_runs(ws/'runs')
 
-@case('sweep-history-truncated', 'sweep', ValueError, 'history.csv', setup=lambda ws: corrupt(sweep_run(sweep_copy(ws))/'history.csv'))
+@case('sweep-history-truncated', 'sweep', ValueError, 'history.csv',
+      setup=lambda ws: corrupt(sweep_run(sweep_copy(ws))/'history.csv'))
 def _(ws): load_histories(load_runs(ws/'runs'))
 
-@case('sweep-history-empty', 'sweep', ValueError, 'history.csv', setup=lambda ws: corrupt(sweep_run(sweep_copy(ws))/'history.csv', 'empty'))
+@case('sweep-history-empty', 'sweep', ValueError, 'history.csv',
+      setup=lambda ws: corrupt(sweep_run(sweep_copy(ws))/'history.csv', 'empty'))
 def _(ws): load_histories(load_runs(ws/'runs'))
 
 # ---------------------------------------------------------------- analysis
-@case('analysis-no-checkpoints', 'analysis', FileNotFoundError, '{ws}/run/analysis', setup=lambda ws: shutil.rmtree(run_copy(ws)/'analysis'))
+@case('analysis-no-checkpoints', 'analysis', FileNotFoundError, '{ws}/run/analysis',
+      setup=lambda ws: shutil.rmtree(run_copy(ws)/'analysis'))
 def _(ws): convergence(ws/'run', data=tiny_data())
 
 @case('analysis-probe-too-short', 'analysis', ValueError, 'block_size+1=17')
 def _(ws): convergence(run_copy(ws), probe=torch.zeros(8, 5, dtype=torch.long), data=tiny_data())
 
-@case('analysis-mismatched-checkpoint', 'analysis', ValueError, '{ws}/run/analysis/step_0000004.pt', setup=lambda ws: save_checkpoint(run_copy(ws)/'analysis'/'step_0000004.pt', {'model': GPT(GPTConfig.smoke()).state_dict(), 'step': 4}))
+@case('analysis-mismatched-checkpoint', 'analysis', ValueError, '{ws}/run/analysis/step_0000004.pt',
+      setup=lambda ws: save_checkpoint(run_copy(ws)/'analysis'/'step_0000004.pt',
+                                      {'model': GPT(GPTConfig.smoke()).state_dict(), 'step': 4}))
 def _(ws): convergence(ws/'run', data=tiny_data())
 
-@case('analysis-truncated-checkpoint', 'analysis', ValueError, '{ws}/run/analysis/step_0000004.pt', setup=lambda ws: corrupt(run_copy(ws)/'analysis'/'step_0000004.pt'))
+@case('analysis-truncated-checkpoint', 'analysis', ValueError, '{ws}/run/analysis/step_0000004.pt',
+      setup=lambda ws: corrupt(run_copy(ws)/'analysis'/'step_0000004.pt'))
 def _(ws): convergence(ws/'run', data=tiny_data())
 
 @case('analysis-probe-too-few', 'analysis', ValueError, 'n=2')
