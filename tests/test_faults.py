@@ -20,7 +20,7 @@ TIMING_COLS = ["tokens_per_s", "time_s"]   # the only history columns allowed to
 # ---------------------------------------------------------------- the run every fault test replays
 def fault_run_args():
     "A tiny 2-member model with dropout on, an adaptive and a linear schedule (schedule state must resume too)."
-    from dropout_residual.reliability import tiny_configs, tiny_data
+    from fixtures import tiny_configs, tiny_data
     from dropout_residual.schedules import schedule_from_spec
     m, t = tiny_configs(max_iters=MAX_ITERS, ckpt_interval=CKPT_EVERY, eval_interval=4, log_interval=1,
                         warmup_iters=2, lr_decay_iters=MAX_ITERS, analysis_ckpts=None)
@@ -230,7 +230,7 @@ def _disk_history_is(out, hist):
 
 def test_resume_rewrites_a_damaged_history_csv(tmp_path):
     "The checkpoint holds the history; a truncated history.csv in the run folder is replaced from it, never kept."
-    from dropout_residual.reliability import tiny_configs, tiny_data, tiny_run
+    from fixtures import tiny_configs, tiny_data, tiny_run
     from dropout_residual.train import train
     out = Path(shutil.copytree(tiny_run(), tmp_path/"run"))
     _truncate(out/"history.csv"); _truncate(out/"summary.json")

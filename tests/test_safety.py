@@ -9,7 +9,7 @@ import pytest, torch
 
 import dropout_residual
 from dropout_residual import data as D
-from dropout_residual.reliability import tiny_configs, tiny_data, tiny_run
+from fixtures import tiny_configs, tiny_data, tiny_run
 
 PKG = Path(dropout_residual.__file__).parent
 MODULES = sorted(p for p in PKG.glob("*.py") if p.name != "_modidx.py")
@@ -38,6 +38,17 @@ def test_every_torch_load_is_weights_only():
             if name in ("np.load", "numpy.load") and any(k.arg == "allow_pickle" for k in node.keywords):
                 bad.append(f"{f.name}:{node.lineno}: {ast.unparse(node)}")
     assert not bad, "loading that can run code from a file:\n" + "\n".join(bad)
+
+def test_the_package_runs_no_code_from_strings():
+    "No `eval`/`exec`/`compile` of text, no shell command, no object that runs code when unpickled: those live in tests/ only."
+    bad = []
+    for f in MODULES:
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("eval", "exec", "compile", "os.system", "os.popen"):
+                bad.append(f"{f.name}:{node.lineno}: {ast.unparse(node)}")
+            if isinstance(node, ast.FunctionDef) and node.name in ("__reduce__", "__reduce_ex__", "__setstate__"):
+                bad.append(f"{f.name}:{node.lineno}: def {node.name}")
+    assert not bad, "code that runs strings or pickles code, in the package:\n" + "\n".join(bad)
 
 class _Plant:
     "Unpickling this creates a file: proof that code from a checkpoint ran."

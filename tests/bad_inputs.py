@@ -1,0 +1,319 @@
+"""Every bad input we know of, as code: what each case does, the exception it must raise and the text its message
+must contain (`{ws}` stands for the case's scratch folder). `tests/test_bad_input.py` runs each case; the docs page
+`19_reliability` renders this list as its table. Test code only: none of this ships in the package."""
+from __future__ import annotations
+import ast, inspect, os, shutil, textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dropout_residual.checkpoint import load_checkpoint, load_run, save_checkpoint
+from dropout_residual.config import GPTConfig, TrainConfig
+from dropout_residual.data import CharTokenizer, TokenData
+from dropout_residual.dynamics import convergence, linear_cka, make_probe
+from dropout_residual.model import GPT
+from dropout_residual.papers import experiment_runs
+from dropout_residual.schedules import ConstantDropout, CosineLR, schedule_from_dict, schedule_from_spec
+from dropout_residual.store import load_histories, load_runs, prepare_run
+from dropout_residual.sweep import sweep
+from dropout_residual.train import train
+from dropout_residual.utils import read_json, write_json
+from fixtures import TINY_TEXT, CLIError, cli, corrupt, run_copy, sweep_copy, sweep_run, tiny_configs, tiny_data, write
+
+@dataclass(frozen=True)
+class Case:
+    "One bad input: what is done (`setup(ws)`, then `do(ws)`), the exception it must raise, text its message must contain."
+    id: str
+    area: str                          # config, data, checkpoint, schedule, sweep, analysis, cli
+    error: type                        # the exception type expected (a subclass also passes)
+    match: str                         # text the message must contain; `{ws}` is the scratch folder
+    do: Callable[[Path], object]       # the call that must raise
+    setup: Callable[[Path], object]|None = None   # what sets the scene first (it must not raise)
+    exit_code: int|None = None         # for a command-line case, the exit status `CLIError` must carry
+
+    def fragment(self, ws) -> str:
+        "The text the message must contain, with `{ws}` filled in."
+        return self.match.replace("{ws}", str(ws))
+
+    def code(self) -> str:
+        "What the case does, as its source: the setup's body, then the call."
+        fn = ast.parse(textwrap.dedent(inspect.getsource(self.do))).body[0]
+        done = [ast.unparse(s) for s in fn.body]
+        if self.setup is not None:
+            kw = next(k.value for k in fn.decorator_list[0].keywords if k.arg == "setup")
+            done.insert(0, ast.unparse(kw.body) if isinstance(kw, ast.Lambda) else f"{ast.unparse(kw)}(ws)")
+        return "; ".join(done)
+
+CASES: list[Case] = []
+
+def case(id: str, area: str, error: type, match: str, setup=None, exit_code: int|None = None):
+    "Add the decorated function to `CASES` as the call of one bad input."
+    def add(do):
+        CASES.append(Case(id, area, error, match, do, setup, exit_code))
+        return do
+    return add
+
+class Evil:
+    "An object whose unpickling runs code: what a malicious checkpoint would hold (`ckpt-pickled-code`)."
+    def __reduce__(self): return (os.system, ("echo unpickled-code-ran",))
+
+def smoke_fixed():
+    "The spec of paper 2's `fixed` run, smoke preset."
+    return experiment_runs('paper2', 'smoke', labels=['fixed'])[0]
+
+def another_config_same_id(ws: Path):
+    "Prepare `smoke_fixed()` in `ws`, then give its run.json another model config under the same run id."
+    f = prepare_run(smoke_fixed(), ws); meta = read_json(f/'run.json')
+    meta['config']['model']['n_embd'] = 48; write_json(f/'run.json', meta)
+
+# ---------------------------------------------------------------- model config
+@case('cfg-n_head-divides', 'config', ValueError, 'n_head=5')
+def _(ws): GPTConfig(n_head=5, n_embd=64)
+
+@case('cfg-n_layer-zero', 'config', ValueError, 'n_layer=0')
+def _(ws): GPTConfig(n_layer=0)
+
+@case('cfg-dropout-above-one', 'config', ValueError, 'attn_dropout=1.5')
+def _(ws): GPTConfig(attn_dropout=1.5)
+
+@case('cfg-member-rates-count', 'config', ValueError, 'mlp_dropout')
+def _(ws): GPTConfig(n_members=2, mlp_dropout=(0.1, 0.2, 0.3))
+
+@case('cfg-skip-not-dividing', 'config', ValueError, 'k=4')
+def _(ws): GPTConfig(n_layer=6, skips=(4,))
+
+@case('cfg-skip-mode', 'config', ValueError, "skip_mode='concat'")
+def _(ws): GPTConfig(skip_mode='concat')
+
+@case('cfg-unknown-field', 'config', ValueError, 'n_embed')
+def _(ws): GPTConfig.from_dict({**GPTConfig().to_dict(), 'n_embed': 64})
+
+@case('model-dropout-site', 'config', ValueError, "'mpl'")
+def _(ws): GPT(GPTConfig.smoke()).set_dropout('mpl', 0.1)
+
+@case('model-dropout-rates-count', 'config', ValueError, 'n_members=2')
+def _(ws): GPT(GPTConfig.smoke(n_members=2)).set_dropout('attn', [0.1, 0.2, 0.3])
+
+@case('model-context-too-long', 'config', ValueError, 'block_size=32')
+def _(ws): GPT(GPTConfig.smoke())(torch.zeros(1, 33, dtype=torch.long))
+
+@case('model-token-outside-vocab', 'config', ValueError, 'vocab_size=65')
+def _(ws): GPT(GPTConfig.smoke())(torch.full((1, 4), 99))
+
+# ---------------------------------------------------------------- training config
+@case('train-batch-zero', 'config', ValueError, 'batch_size=0')
+def _(ws): TrainConfig(batch_size=0)
+
+@case('train-min-lr-above-lr', 'config', ValueError, 'min_lr=0.001')
+def _(ws): TrainConfig(lr=1e-4, min_lr=1e-3)
+
+@case('train-beta2-one', 'config', ValueError, 'beta2=1.0')
+def _(ws): TrainConfig(beta2=1.0)
+
+@case('train-dtype-float16', 'config', ValueError, "dtype='float16'")
+def _(ws): TrainConfig(dtype='float16')
+
+@case('train-device-unknown', 'config', ValueError, "device='tpu'")
+def _(ws): TrainConfig(device='tpu')
+
+@case('train-analysis-step-past-end', 'config', ValueError, 'analysis_ckpts')
+def _(ws): TrainConfig(max_iters=10, analysis_ckpts=[0, 20])
+
+@case('train-unknown-field', 'config', ValueError, "'max_iter'")
+def _(ws): TrainConfig.from_dict({'max_iter': 3})
+
+@case('train-seeds-vs-members', 'config', ValueError, 'n_members=3')
+def _(ws): train(*tiny_configs(model=dict(n_members=3), seed=[1, 2]), data=tiny_data())
+
+@case('train-block-above-model', 'config', ValueError, 'block_size=64')
+def _(ws): train(*tiny_configs(block_size=64), data=tiny_data())
+
+# ---------------------------------------------------------------- data
+@case('data-empty-file', 'data', ValueError, '{ws}/empty.txt')
+def _(ws): TokenData.from_file(write(ws/'empty.txt', b''))
+
+@case('data-not-utf8', 'data', ValueError, '{ws}/latin1.txt')
+def _(ws): TokenData.from_file(write(ws/'latin1.txt', 'caf\xe9'.encode('latin-1')))
+
+@case('data-missing-file', 'data', FileNotFoundError, '{ws}/nope.txt')
+def _(ws): TokenData.from_file(ws/'nope.txt')
+
+@case('data-batch-zero', 'data', ValueError, 'batch_size=0')
+def _(ws): tiny_data().get_batch('train', 0, 8)
+
+@case('data-block-too-large', 'data', ValueError, 'block_size=100000')
+def _(ws): tiny_data().get_batch('val', 2, 100_000)
+
+@case('data-block-above-corpus', 'data', ValueError, 'block_size=1024')
+def _(ws): train(*tiny_configs(model=dict(block_size=1024), block_size=1024), data=tiny_data())
+
+@case('data-vocab-above-model', 'data', ValueError, 'vocab_size=10')
+def _(ws): train(*tiny_configs(model=dict(vocab_size=10)), data=tiny_data())
+
+@case('data-corrupt-tokenizer', 'data', ValueError, '{ws}/tokenizer.json')
+def _(ws): CharTokenizer.load(write(ws/'tokenizer.json', '{"chars": '))
+
+# ---------------------------------------------------------------- checkpoints and run files
+@case('ckpt-truncated-resume', 'checkpoint', ValueError, '{ws}/run/ckpt.pt',
+      setup=lambda ws: corrupt(run_copy(ws)/'ckpt.pt'))
+def _(ws): train(*tiny_configs(), data=tiny_data(), out_dir=ws/'run')
+
+@case('ckpt-garbage-load-run', 'checkpoint', ValueError, '{ws}/run/ckpt.pt',
+      setup=lambda ws: corrupt(run_copy(ws)/'ckpt.pt', 'garbage'))
+def _(ws): load_run(ws/'run')
+
+@case('ckpt-empty', 'checkpoint', ValueError, '{ws}/run/ckpt.pt',
+      setup=lambda ws: corrupt(run_copy(ws)/'ckpt.pt', 'empty'))
+def _(ws): load_checkpoint(ws/'run'/'ckpt.pt')
+
+@case('ckpt-missing', 'checkpoint', FileNotFoundError, '{ws}/run/ckpt.pt',
+      setup=lambda ws: (run_copy(ws)/'ckpt.pt').unlink())
+def _(ws): load_run(ws/'run')
+
+@case('ckpt-pickled-code', 'checkpoint', ValueError, '{ws}/run/ckpt.pt',
+      setup=lambda ws: torch.save({'model': Evil()}, run_copy(ws)/'ckpt.pt'))
+def _(ws): load_run(ws/'run')
+
+@case('ckpt-other-config', 'checkpoint', ValueError, 'n_embd')
+def _(ws): train(*tiny_configs(model=dict(n_embd=32)), data=tiny_data(), out_dir=run_copy(ws))
+
+@case('ckpt-resume-other-corpus', 'checkpoint', ValueError, 'tokenizer')
+def _(ws):
+    train(*tiny_configs(max_iters=12), data=TokenData.from_text(TINY_TEXT.upper(), cache=False), out_dir=run_copy(ws))
+
+@case('run-config-json-corrupt', 'checkpoint', ValueError, '{ws}/run/config.json',
+      setup=lambda ws: corrupt(run_copy(ws)/'config.json'))
+def _(ws): load_run(ws/'run')
+
+@case('run-tokenizer-corrupt', 'checkpoint', ValueError, '{ws}/run/tokenizer.json',
+      setup=lambda ws: corrupt(run_copy(ws)/'tokenizer.json'))
+def _(ws): load_run(ws/'run')
+
+@case('run-out-dir-is-a-file', 'checkpoint', OSError, '{ws}/taken')
+def _(ws): train(*tiny_configs(), data=tiny_data(), out_dir=write(ws/'taken', 'x'))
+
+@case('run-not-a-run-folder', 'checkpoint', FileNotFoundError, '{ws}/config.json')
+def _(ws): load_run(ws)
+
+# ---------------------------------------------------------------- schedules
+@case('schedule-unknown-kind', 'schedule', ValueError, "'liner'")
+def _(ws): schedule_from_spec('liner:p0=0.2')
+
+@case('schedule-unknown-param', 'schedule', ValueError, "'p'")
+def _(ws): schedule_from_spec('linear:p=0.2')
+
+@case('schedule-rate-above-one', 'schedule', ValueError, 'p0=1.5')
+def _(ws): schedule_from_spec('linear:p0=1.5')
+
+@case('schedule-not-a-number', 'schedule', ValueError, "p0='abc'")
+def _(ws): schedule_from_spec('linear:p0=abc')
+
+@case('schedule-unknown-site', 'schedule', ValueError, "'mpl'")
+def _(ws): schedule_from_spec('constant:sites=attn+mpl')
+
+@case('schedule-dict-no-kind', 'schedule', ValueError, "'kind'")
+def _(ws): schedule_from_dict({'p': 0.2})
+
+@case('schedule-count-vs-members', 'schedule', ValueError, 'n_members=2')
+def _(ws): train(*tiny_configs(model=dict(n_members=2)), data=tiny_data(), schedules=[ConstantDropout(0.1)] * 3)
+
+@case('lr-decay-before-warmup', 'schedule', ValueError, 'lr_decay_iters=10')
+def _(ws): CosineLR(1e-3, 1e-4, warmup_iters=100, lr_decay_iters=10)
+
+# ---------------------------------------------------------------- sweeps and the run store
+@case('sweep-unknown-experiment', 'sweep', ValueError, "'paper4'")
+def _(ws): sweep('paper4', root=ws)
+
+@case('sweep-unknown-preset', 'sweep', ValueError, "'medium'")
+def _(ws): experiment_runs('paper1', 'medium')
+
+@case('sweep-unknown-config-key', 'sweep', ValueError, "'n_embed'")
+def _(ws): experiment_runs('paper2', 'smoke', overrides={'n_embed': 64})
+
+@case('sweep-seed-override', 'sweep', ValueError, "'seed'")
+def _(ws): experiment_runs('paper2', 'smoke', overrides={'seed': 3})
+
+@case('sweep-zero-seeds', 'sweep', ValueError, 'seeds=0')
+def _(ws): experiment_runs('paper2', 'smoke', seeds=0)
+
+@case('sweep-unknown-label', 'sweep', ValueError, "'linaer'")
+def _(ws): experiment_runs('paper2', 'smoke', labels=['linaer'])
+
+@case('sweep-unknown-executor', 'sweep', ValueError, "'slurm'")
+def _(ws): sweep('paper2', executor='slurm', root=ws)
+
+@case('sweep-hash-collision', 'sweep', ValueError, '{ws}/paper2/',
+      setup=lambda ws: another_config_same_id(ws))
+def _(ws): prepare_run(smoke_fixed(), ws)
+
+@case('sweep-run-json-corrupt', 'sweep', ValueError, 'run.json',
+      setup=lambda ws: corrupt(sweep_run(sweep_copy(ws))/'run.json'))
+def _(ws): load_runs(ws/'runs')
+
+@case('sweep-summary-corrupt', 'sweep', ValueError, 'summary.json',
+      setup=lambda ws: corrupt(sweep_run(sweep_copy(ws))/'summary.json'))
+def _(ws): load_runs(ws/'runs')
+
+@case('sweep-history-truncated', 'sweep', ValueError, 'history.csv',
+      setup=lambda ws: corrupt(sweep_run(sweep_copy(ws))/'history.csv'))
+def _(ws): load_histories(load_runs(ws/'runs'))
+
+@case('sweep-history-empty', 'sweep', ValueError, 'history.csv',
+      setup=lambda ws: corrupt(sweep_run(sweep_copy(ws))/'history.csv', 'empty'))
+def _(ws): load_histories(load_runs(ws/'runs'))
+
+# ---------------------------------------------------------------- analysis
+@case('analysis-no-checkpoints', 'analysis', FileNotFoundError, '{ws}/run/analysis',
+      setup=lambda ws: shutil.rmtree(run_copy(ws)/'analysis'))
+def _(ws): convergence(ws/'run', data=tiny_data())
+
+@case('analysis-probe-too-short', 'analysis', ValueError, 'block_size+1=17')
+def _(ws): convergence(run_copy(ws), probe=torch.zeros(8, 5, dtype=torch.long), data=tiny_data())
+
+@case('analysis-mismatched-checkpoint', 'analysis', ValueError, '{ws}/run/analysis/step_0000004.pt',
+      setup=lambda ws: save_checkpoint(run_copy(ws)/'analysis'/'step_0000004.pt',
+                                      {'model': GPT(GPTConfig.smoke()).state_dict(), 'step': 4}))
+def _(ws): convergence(ws/'run', data=tiny_data())
+
+@case('analysis-truncated-checkpoint', 'analysis', ValueError, '{ws}/run/analysis/step_0000004.pt',
+      setup=lambda ws: corrupt(run_copy(ws)/'analysis'/'step_0000004.pt'))
+def _(ws): convergence(ws/'run', data=tiny_data())
+
+@case('analysis-probe-too-few', 'analysis', ValueError, 'n=2')
+def _(ws): make_probe(tiny_data(), n=2, block_size=8)
+
+@case('analysis-cka-row-counts', 'analysis', ValueError, '10 rows')
+def _(ws): linear_cka(torch.randn(10, 4), torch.randn(9, 4))
+
+# ---------------------------------------------------------------- the command line
+@case('cli-unknown-preset', 'cli', CLIError, "'nope'", exit_code=2)
+def _(ws): cli('train', '--preset', 'nope', '--out', str(ws/'r'))
+
+@case('cli-unknown-key', 'cli', CLIError, "'n_embed'", exit_code=2)
+def _(ws): cli('train', '--preset', 'smoke', '--set', 'n_embed=64', '--out', str(ws/'r'))
+
+@case('cli-bad-value', 'cli', CLIError, 'lr=-1', exit_code=2)
+def _(ws): cli('train', '--preset', 'smoke', '--set', 'lr=-1', '--out', str(ws/'r'))
+
+@case('cli-set-without-value', 'cli', CLIError, 'key=value', exit_code=2)
+def _(ws): cli('train', '--preset', 'smoke', '--set', 'lr', '--out', str(ws/'r'))
+
+@case('cli-bad-schedule', 'cli', CLIError, "'liner'", exit_code=2)
+def _(ws): cli('train', '--preset', 'smoke', '--schedule', 'liner', '--out', str(ws/'r'), '--quiet')
+
+@case('cli-empty-corpus', 'cli', CLIError, '{ws}/e.txt', exit_code=2)
+def _(ws): cli('train', '--preset', 'smoke', '--corpus', str(write(ws/'e.txt', b'')), '--out', str(ws/'r'), '--quiet')
+
+@case('cli-sample-missing-run', 'cli', CLIError, '{ws}/nope', exit_code=2)
+def _(ws): cli('sample', '--run', str(ws/'nope'))
+
+@case('cli-sample-member-range', 'cli', CLIError, '--member 3', exit_code=2)
+def _(ws): cli('sample', '--run', str(run_copy(ws)), '--member', '3')
+
+@case('cli-sweep-unknown-experiment', 'cli', CLIError, 'paper4', exit_code=2)
+def _(ws): cli('sweep', 'paper4', '--runs', str(ws))
+
+@case('cli-sweep-unknown-preset', 'cli', CLIError, 'medium', exit_code=2)
+def _(ws): cli('sweep', 'paper2', '--preset', 'medium', '--runs', str(ws))
