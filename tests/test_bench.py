@@ -22,7 +22,7 @@ def test_bench_train():
     rec = last_json(run_cli("bench", "train", "--shape", "smoke", "--steps", "2", "--repeats", "2", "--warmup", "1", *FAST))
     assert rec["bench"] == "train" and rec["shape"] == "smoke" and rec["members"] == 1
     assert rec["tokens_per_s"] > 0 and rec["reference_tokens_per_s"] > 0 and rec["ms_per_step"] > 0
-    assert rec["speed_vs_reference_per_member"] > 0 and isinstance(rec["target_met"], bool)
+    assert rec["speed_vs_reference_per_member"] > 0
     for k in ("device_name", "torch", "dtype", "compile", "threads"): assert k in rec, k
     assert rec["threads"] == 1 and rec["compile"] is False and rec["dtype"] == "float32" and rec["mfu"] is None
 
@@ -57,7 +57,7 @@ def test_bench_generate():
     rec = last_json(run_cli("bench", "generate", "--shape", "smoke", "--new-tokens", "20", "--repeats", "1", "--warmup", "1", *FAST))
     assert rec["bench"] == "generate" and rec["new_tokens"] == 20 and rec["batch"] == 1
     assert rec["cache_tokens_per_s"] > 0 and rec["recompute_tokens_per_s"] > 0 and rec["cache_vs_recompute"] > 0
-    assert rec["target"] == 10 and isinstance(rec["target_met"], bool)
+    assert "target" not in rec and "target_met" not in rec   # benchmarks report figures, not goals
 
 def test_bench_bad_input():
     for args, word in [(("bench", "train", "--shape", "paper3"), "paper3"), (("bench", "grid", "--grids", "paper9"), "paper9"),
