@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_dynamics.ipynb #a05a35fb
 from __future__ import annotations
-import contextlib, io, json, os, re
+import contextlib, io, os, re
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -14,11 +14,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .utils import atomic_write_bytes
+from .utils import atomic_write_bytes, eval_mode
 from .data import TokenData, shakespeare
-from .config import GPTConfig
-from .model import GPT
-from .utils import eval_mode
 from .checkpoint import RunFolder, load_weights
 
 # %% auto #0
@@ -141,13 +138,7 @@ def probe_for_run(run_dir: Path|str, block_size: int, n: int = 128, seed: int = 
     f = Path(run_dir)/PROBE_FILE
     if f.is_file(): return load_probe(run_dir, block_size)
     data = data if data is not None else shakespeare()
-    tf = Path(run_dir)/"tokenizer.json"
-    if tf.is_file():
-        chars = json.loads(tf.read_text(encoding="utf-8")).get("chars")
-        if chars is not None and chars != data.tokenizer.chars:
-            raise ValueError(f"the run was trained with another vocabulary ({tf}: {len(chars)} symbols) than data "
-                             f"({data.source or 'the given TokenData'}: {data.vocab_size}); pass the run's corpus as "
-                             f"data=TokenData.from_file(path)")
+    RunFolder(run_dir).check_tokenizer(data)   # the probe must come from the run's own vocabulary
     probe = make_probe(data, n, block_size, seed)
     save_probe(run_dir, probe, seed=seed, split="train", source=data.source, block_size=block_size)
     return probe

@@ -158,7 +158,7 @@ def test_corrupt_checkpoint_and_other_vocabulary(tmp_path, run):
     e = tmp_path/"e"; (e/"analysis").mkdir(parents=True)
     for f in D.analysis_checkpoints(run[0]).values(): (e/"analysis"/f.name).write_bytes(f.read_bytes())
     (e/"tokenizer.json").write_text(json.dumps({"kind": "char", "chars": list("abc")}))
-    with pytest.raises(ValueError, match="another vocabulary"): D.convergence(e, progress=False)
+    with pytest.raises(ValueError, match="trained on another corpus"): D.convergence(e, progress=False)
 
 def test_corrupt_run_config_is_named(tmp_path, run):
     d = tmp_path/"r"; (d/"analysis").mkdir(parents=True)
