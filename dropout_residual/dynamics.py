@@ -18,7 +18,7 @@ from .utils import atomic_write_bytes
 from .data import TokenData, shakespeare
 from .config import GPTConfig
 from .model import GPT
-from .utils import eval_mode
+from .utils import eval_mode, show_progress
 
 # %% auto #0
 __all__ = ['PROBE_FILE', 'COMPONENTS', 'CKA_COLUMNS', 'ANALYSIS_DIR', 'KEYS', 'linear_cka', 'proportional_effective_rank',
@@ -354,10 +354,6 @@ def matrix_metrics(weights: dict[int, dict[str, torch.Tensor]], grads: dict[int,
 CKA_COLUMNS = ["model", "member", "layer", "component", "head", "step", "frac", "cka_to_final", "cka_debiased",
                "per_weight", "per_grad", "norm_weight", "norm_grad", "cond_weight", "cond_grad"]
 
-def _progress(progress: bool|None) -> bool:
-    if progress is False or os.environ.get("IN_TEST") or "PYTEST_CURRENT_TEST" in os.environ: return False
-    return True
-
 def _cka_rows(acts: dict, final: dict) -> list[dict]:
     rows = []
     for (i, comp, h), a in acts.items():
@@ -380,7 +376,7 @@ def analyse_checkpoints(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]
     total = total_steps or steps[-1] or 1
     final = capture_activations(wrap(checkpoints[-1][1]()), probe, tokens, batch_size)
     out = []
-    for step, load in tqdm(checkpoints, desc=f"{name}: checkpoints", disable=not _progress(progress)):
+    for step, load in tqdm(checkpoints, desc=f"{name}: checkpoints", disable=not show_progress(progress)):
         lay = wrap(load())
         acts = capture_activations(lay, probe, tokens, batch_size)
         if acts.keys() != final.keys() or any(acts[k].shape != final[k].shape for k in acts):
@@ -546,7 +542,7 @@ def load_neox(path: Path|str, revision: str|None = None, local_files_only: bool 
     p = Path(path)/str(revision) if revision is not None else Path(path)
     major, minor = (int(v) for v in re.findall(r"\d+", tf.__version__)[:2])
     kw = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}   # renamed in transformers 4.56
-    with _quiet_transformers(not _progress(progress)):
+    with _quiet_transformers(not show_progress(progress)):
         if p.is_dir(): m = tf.GPTNeoXForCausalLM.from_pretrained(p, **kw)
         else:
             try: m = tf.GPTNeoXForCausalLM.from_pretrained(str(path), revision=revision, local_files_only=local_files_only, **kw)

@@ -18,7 +18,7 @@ from .data import TokenData, shakespeare
 from .config import DROPOUT_SITES, GPTConfig
 from .model import GPT
 from . import schedules as S
-from .utils import resolve_device
+from .utils import resolve_device, show_progress
 from .config import COMPILE_MODES, TrainConfig
 from .checkpoint import _check_same_run, _check_same_tokenizer, load_checkpoint, save_checkpoint
 
@@ -222,9 +222,6 @@ def _analysis_steps(cfg: TrainConfig) -> set[int]:
     if cfg.analysis_ckpts == "log": return set(int(s) for s in S.log_spaced_steps(cfg.max_iters))
     return set(cfg.analysis_ckpts)
 
-def _default_progress() -> bool:
-    return not (os.environ.get("IN_TEST") or "PYTEST_CURRENT_TEST" in os.environ)
-
 # %% ../nbs/07_train.ipynb #bfd24f13
 class _Interrupt:
     "Defers SIGINT to the end of the current step (main thread only); a second Ctrl-C interrupts at once."
@@ -264,7 +261,7 @@ def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = N
     out = Path(out_dir or cfg.out_dir) if (out_dir or cfg.out_dir) else None
     ckpt_path = out/"ckpt.pt" if out else None
     if master and ckpt_path is not None: remove_stale_writes(ckpt_path)   # temp files of a writer killed mid-save
-    progress = (_default_progress() if progress is None else progress) and master
+    progress = show_progress(progress) and master
 
     try:
         model = _build_model(model_cfg, seeds).to(device)
