@@ -111,7 +111,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise ValueError(f"device={device!r} but CUDA is not available here; use device='auto' or 'cpu'")
     return d
 
-# %% ../nbs/00_utils.ipynb #4b23f7ea
+# %% ../nbs/00_utils.ipynb #fabe71ad
 def show_progress(progress: bool|None = None) -> bool:
     "Whether to show progress: `progress` if given, else True when stderr is a terminal or a live notebook kernel."
     if progress is not None: return bool(progress)
