@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, json, sys
 
 # %% auto #0
-__all__ = ['build_parser', 'main']
+__all__ = ['PRESET_HELP', 'DEVICE_HELP', 'SUBCOMMANDS', 'build_parser', 'main']
 
 # %% ../nbs/17_cli.ipynb #4dc771bd
 def _cmd_data(args) -> int:
@@ -19,20 +19,27 @@ def _cmd_data(args) -> int:
     return 0
 
 # %% ../nbs/17_cli.ipynb #8a5e2149
+def _train_configs(args):
+    "Model config, train config and schedules of `train EXPERIMENT --preset P [--label L]`, before `--set`."
+    from dropout_residual.papers import experiment_configs, experiment_runs
+    if args.label is None: return (*experiment_configs(args.experiment, args.preset), None)
+    spec = experiment_runs(args.experiment, args.preset, labels=[args.label])[0]   # as the sweep trains it, seed 0
+    return spec.model_cfg, spec.train_cfg, None if spec.schedule is None else [spec.schedule]
+
 def _cmd_train(args) -> int:
     import dataclasses
     from dropout_residual.data import TokenData, shakespeare
-    from dropout_residual.config import apply_overrides, preset_configs
+    from dropout_residual.config import apply_overrides
     from dropout_residual.train import train
-    model_cfg, train_cfg = preset_configs(args.preset)
+    model_cfg, train_cfg, schedules = _train_configs(args)
     model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg, args.set or [])
     if args.device: train_cfg = dataclasses.replace(train_cfg, device=args.device)
     data = TokenData.from_file(args.corpus) if args.corpus else shakespeare()
     if args.corpus and not any(o.split("=", 1)[0].split(".")[-1] == "vocab_size" for o in args.set or []):
         model_cfg = dataclasses.replace(model_cfg, vocab_size=data.vocab_size)
-    out = args.out or f"runs/{args.preset}"
+    out = args.out or "runs/" + "-".join([args.experiment, args.preset] + ([args.label] if args.label else []))
     try:
-        res = train(model_cfg, train_cfg, data, schedules=args.schedule or None, out_dir=out,
+        res = train(model_cfg, train_cfg, data, schedules=args.schedule or schedules, out_dir=out,
                     resume=args.resume, progress=False if args.quiet else None)
     except KeyboardInterrupt:
         print(f"dropout-residual train: interrupted; run the same command again to resume from {out}/ckpt.pt", file=sys.stderr)
@@ -93,13 +100,14 @@ def _cmd_reproduce(args) -> int:
         for r in res.values(): print(r.report() + "\n")
     return 0
 
-# %% ../nbs/17_cli.ipynb #cabdfafc
-def build_parser() -> argparse.ArgumentParser:
-    "The `dropout-residual` argument parser, one subparser per job."
-    p = argparse.ArgumentParser(prog="dropout-residual",
-                                description="Dropout, residual connections and dropout schedules in small GPTs.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# %% ../nbs/17_cli.ipynb #713c7db2
+PRESET_HELP = "the experiment's scale: smoke (seconds), quick (minutes on 2 CPU cores), paper (the paper's setup, GPU)"
+DEVICE_HELP = "auto (default: CUDA if present), cpu, cuda, cuda:N"
 
+def _preset(q: argparse.ArgumentParser, default: str) -> None:
+    q.add_argument("--preset", default=default, help=f"{PRESET_HELP}; default {default}")
+
+def _add_data(sub) -> None:
     d = sub.add_parser("data", help="load the corpus and print its statistics",
                        description="Locate (or download) Tiny Shakespeare, tokenize it and print its statistics.")
     d.add_argument("--path", help="explicit path of the text file (default: $DROPOUT_RESIDUAL_DATA, the cache, or download)")
@@ -107,24 +115,30 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--offline", action="store_true", help="never download")
     d.set_defaults(func=_cmd_data)
 
-    t = sub.add_parser("train", help="train a model (a preset plus overrides) into a run folder",
-                       description="Train a GPT with a preset's model and training configs, overridden with --set; "
-                                   "writes (and resumes) a run folder: config.json, history.csv, ckpt.pt, summary.json. "
-                                   "The last line printed is the summary as JSON. Works under torchrun (DDP).")
-    t.add_argument("--preset", required=True, help="smoke (seconds on a CPU), paper1 (Li & Ke), paper2 (nanoGPT shakespeare_char)")
+def _add_train(sub) -> None:
+    t = sub.add_parser("train", help="train one model of an experiment (a preset plus overrides) into a run folder",
+                       description="Train a GPT with the model and training configs of an experiment at a preset "
+                                   "(or of one of its configurations, --label), overridden with --set; writes (and resumes) "
+                                   "a run folder: config.json, history.csv, ckpt.pt, summary.json. The last line printed "
+                                   "is the summary as JSON. Works under torchrun (DDP).")
+    t.add_argument("experiment", nargs="?", default="paper2",
+                   help="paper1 (Li & Ke), paper2 (nanoGPT shakespeare_char; default), paper3")
+    _preset(t, "smoke")
+    t.add_argument("--label", help="one configuration of the experiment, as its sweep trains it (seed 0; default: none)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set a GPTConfig or TrainConfig field, e.g. --set lr=3e-4 --set attn_dropout=0.2 "
                         "(repeatable; model.KEY / train.KEY pick one config)")
     t.add_argument("--schedule", action="append", metavar="SPEC",
                    help="dropout schedule, e.g. 'linear:p0=0.2,pf=0' or 'adaptive:sites=attn+mlp' (once for all members, or once per member)")
-    t.add_argument("--device", help="auto (default: CUDA if present), cpu, cuda, cuda:N")
-    t.add_argument("--out", help="run folder (default: runs/PRESET)")
+    t.add_argument("--device", help=DEVICE_HELP)
+    t.add_argument("--out", help="run folder (default: runs/EXPERIMENT-PRESET[-LABEL])")
     t.add_argument("--corpus", help="train on your own UTF-8 text file instead of Tiny Shakespeare")
     t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the run folder's checkpoint if there is one (default), or start over")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 
+def _add_sample(sub) -> None:
     s = sub.add_parser("sample", help="generate text from a trained run",
                        description="Load a run folder's model and tokenizer and print generated text (one block per member).")
     s.add_argument("--run", required=True, help="the run folder written by `dropout-residual train`")
@@ -137,41 +151,45 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu (default), auto, cuda")
     s.set_defaults(func=_cmd_sample)
 
+# %% ../nbs/17_cli.ipynb #be07b6df
+def _bench_timing(q, steps: int|None, repeats: int, warmup: int) -> None:
+    q.add_argument("--device", default="auto", help=DEVICE_HELP)
+    q.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    q.add_argument("--repeats", type=int, default=repeats, help=f"timed samples; the median is reported (default {repeats})")
+    q.add_argument("--warmup", type=int, default=warmup, help=f"untimed warm-up calls (default {warmup})")
+    q.add_argument("--seed", type=int, default=0, help="seed of the weights and batches (default 0)")
+    if steps is not None: q.add_argument("--steps", type=int, default=steps, help=f"training steps per timed sample (default {steps})")
+
+def _bench_compiling(q) -> None:
+    q.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16")
+    q.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on CUDA only)")
+    q.add_argument("--compile-mode", default="auto",
+                   help="auto (reduce-overhead = CUDA graphs on CUDA), default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs")
+
+def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: training step, stacked grid, generation",
                        description="Honest speed figures (warm-up, synchronised, median and IQR over repeats). Each prints a "
                                    "table and, last, one JSON line of figures and settings. See the Benchmarks chapter.")
     bs = b.add_subparsers(dest="which", required=True, metavar="BENCH")
-    def common(q, steps, repeats, warmup):
-        q.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda, cuda:N")
-        q.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-        q.add_argument("--repeats", type=int, default=repeats, help=f"timed samples; the median is reported (default {repeats})")
-        q.add_argument("--warmup", type=int, default=warmup, help=f"untimed warm-up calls (default {warmup})")
-        q.add_argument("--seed", type=int, default=0, help="seed of the weights and batches (default 0)")
-        if steps is not None: q.add_argument("--steps", type=int, default=steps, help=f"training steps per timed sample (default {steps})")
-    def compiling(q):
-        q.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16")
-        q.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile (auto: on CUDA only)")
-        q.add_argument("--compile-mode", default="auto",
-                       help="auto (reduce-overhead = CUDA graphs on CUDA), default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs")
     bt = bs.add_parser("train", help="training step of GPT vs the plain nanoGPT-style reference",
                        description="Time one training step (forward, backward, per-member clipping, AdamW) of GPT with "
                                    "--members members against the plain ReferenceGPT, interleaved in the same run.")
-    bt.add_argument("--shape", default="paper1", help="paper1 (16L/4H/128, batch 8, block 64; default), paper2, smoke")
+    bt.add_argument("--shape", default="paper1", help="model shape: paper1 (16L/4H/128, batch 8, block 64; default), paper2, smoke")
     bt.add_argument("--members", type=int, default=1, help="members E of the GPT (default 1)")
-    bt.add_argument("--dropout", type=float, help="dropout rate at embd/attn/proj/mlp (default: the preset's)")
+    bt.add_argument("--dropout", type=float, help="dropout rate at embd/attn/proj/mlp (default: the shape's)")
     bt.add_argument("--no-reference", dest="reference", action="store_false", help="skip the reference")
-    common(bt, 5, 5, 2); compiling(bt)
+    _bench_timing(bt, 5, 5, 2); _bench_compiling(bt)
     bg = bs.add_parser("grid", help="stacked members vs one at a time, and the projected paper-grid wall times",
                        description="Time E members stacked in one GPT against each member alone, and project the wall "
                                    "time of the paper grids from the measured step, batch and eval times (a projection).")
     bg.add_argument("--grids", help="comma-separated: paper1, paper2, smoke (default: paper1,paper2 on CUDA, paper1 on the CPU)")
     bg.add_argument("--members", type=int, help="members stacked (default: the grid's runs, 20 for paper1, 15 for paper2)")
     bg.add_argument("--eval-batches", type=int, default=2, help="eval batches timed per split (default 2)")
-    common(bg, 2, 3, 1); compiling(bg)
+    _bench_timing(bg, 2, 3, 1); _bench_compiling(bg)
     bn = bs.add_parser("generate", help="tokens/s at batch 1 with the KV cache vs full-context recomputation",
                        description="Time generating --new-tokens tokens at batch 1 with the KV cache and with full-context "
                                    "recomputation (nanoGPT's way), with the trainer's measure_generation.")
-    bn.add_argument("--shape", default="paper2", help="paper2 (default), paper1, smoke")
+    bn.add_argument("--shape", default="paper2", help="model shape: paper2 (default), paper1, smoke")
     bn.add_argument("--new-tokens", type=int, default=500, help="new tokens per sample (default 500)")
     bn.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 (autocast)")
     bn.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
@@ -179,35 +197,48 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--reference", action="store_true", help="also time nanoGPT's sampler on ReferenceGPT")
     bn.add_argument("--window", default="slide", choices=["exact", "slide"],
                     help="window policy past block_size on which the target is judged (default slide; both are timed)")
-    common(bn, None, 3, 1)
+    _bench_timing(bn, None, 3, 1)
     b.set_defaults(func=_cmd_bench)
 
-    def sweep_common(q):
-        q.add_argument("--seeds", type=int, default=1, help="seeds per configuration (default 1; 2+ gives confidence intervals)")
-        q.add_argument("--executor", default="local", help="local (default: one group after another here) or ray (one task per member group)")
-        q.add_argument("--runs", help="results root (default: $DROPOUT_RESIDUAL_RUNS, else runs/)")
-        q.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda, cuda:N")
-        q.add_argument("--max-members", type=int, help="at most this many members per stacked group (default: memory-aware, <= 32)")
-        q.add_argument("--quiet", action="store_true", help="no progress, only the tables")
+# %% ../nbs/17_cli.ipynb #54fb8313
+def _sweep_common(q) -> None:
+    q.add_argument("--seeds", type=int, default=1, help="seeds per configuration (default 1; 2+ gives confidence intervals)")
+    q.add_argument("--executor", default="local", help="local (default: one group after another here) or ray (one task per member group)")
+    q.add_argument("--runs", help="results root (default: $DROPOUT_RESIDUAL_RUNS, else runs/)")
+    q.add_argument("--device", default="auto", help=DEVICE_HELP)
+    q.add_argument("--max-members", type=int, help="at most this many members per stacked group (default: memory-aware, <= 32)")
+    q.add_argument("--quiet", action="store_true", help="no progress, only the tables")
+
+def _add_sweep(sub) -> None:
     w = sub.add_parser("sweep", help="run a paper's experiment (resumable) and print it beside the paper's numbers",
                        description="Train every configuration x seed of a paper's experiment at a preset, grouped into stacked "
                                    "models, in the run store (finished runs are never recomputed; unfinished ones resume), "
                                    "then print mean, std, n and 95%% CI per configuration beside the paper's values.")
     w.add_argument("experiment", help="paper1 (dropout x skips), paper2 (dropout schedules), paper3 (convergence across sizes)")
-    w.add_argument("--preset", default="smoke", help="smoke (seconds), quick (minutes on 2 CPU cores), paper (the paper's setup, GPU)")
+    _preset(w, "smoke")
     w.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a GPTConfig/TrainConfig field for every configuration, e.g. --set skip_mode=add (repeatable)")
     w.add_argument("--label", action="append", help="only this configuration (repeatable; default: all)")
-    sweep_common(w)
+    _sweep_common(w)
     w.set_defaults(func=_cmd_sweep)
 
+def _add_reproduce(sub) -> None:
     r = sub.add_parser("reproduce", help="run all three papers' experiments and write tables and figures",
                        description="Sweep paper1, paper2 and paper3 at a preset and write their tables (CSV, markdown) and "
                                    "figures (PNG) under RUNS/results/PRESET/.")
-    r.add_argument("--preset", default="quick", help="smoke, quick (default), paper")
+    _preset(r, "quick")
     r.add_argument("--experiments", default="paper1,paper2,paper3", help="comma-separated subset (default: all three)")
-    sweep_common(r)
+    _sweep_common(r)
     r.set_defaults(func=_cmd_reproduce)
+
+SUBCOMMANDS = (_add_data, _add_train, _add_sample, _add_bench, _add_sweep, _add_reproduce)
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `dropout-residual` argument parser, one subparser per job."
+    p = argparse.ArgumentParser(prog="dropout-residual",
+                                description="Dropout, residual connections and dropout schedules in small GPTs.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS: add(sub)
     return p
 
 # %% ../nbs/17_cli.ipynb #3831c9ec

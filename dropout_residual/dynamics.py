@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_dynamics.ipynb #a05a35fb
 from __future__ import annotations
-import contextlib, io, os, re
+import contextlib, io, re
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .utils import atomic_write_bytes, eval_mode
+from .utils import atomic_write_bytes, eval_mode, show_progress
 from .data import TokenData, shakespeare
 from .checkpoint import RunFolder, load_weights
 
@@ -346,10 +346,6 @@ def matrix_metrics(weights: dict[int, dict[str, torch.Tensor]], grads: dict[int,
 CKA_COLUMNS = ["model", "member", "layer", "component", "head", "step", "frac", "cka_to_final", "cka_debiased",
                "per_weight", "per_grad", "norm_weight", "norm_grad", "cond_weight", "cond_grad"]
 
-def _progress(progress: bool|None) -> bool:
-    if progress is False or os.environ.get("IN_TEST") or "PYTEST_CURRENT_TEST" in os.environ: return False
-    return True
-
 def _cka_rows(acts: dict, final: dict) -> list[dict]:
     rows = []
     for (i, comp, h), a in acts.items():
@@ -372,7 +368,7 @@ def analyse_checkpoints(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]
     total = total_steps or steps[-1] or 1
     final = capture_activations(wrap(checkpoints[-1][1]()), probe, tokens, batch_size)
     out = []
-    for step, load in tqdm(checkpoints, desc=f"{name}: checkpoints", disable=not _progress(progress)):
+    for step, load in tqdm(checkpoints, desc=f"{name}: checkpoints", disable=not show_progress(progress)):
         lay = wrap(load())
         acts = capture_activations(lay, probe, tokens, batch_size)
         if acts.keys() != final.keys() or any(acts[k].shape != final[k].shape for k in acts):
@@ -515,7 +511,7 @@ def load_neox(path: Path|str, revision: str|None = None, local_files_only: bool 
     p = Path(path)/str(revision) if revision is not None else Path(path)
     major, minor = (int(v) for v in re.findall(r"\d+", tf.__version__)[:2])
     kw = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}   # renamed in transformers 4.56
-    with _quiet_transformers(not _progress(progress)):
+    with _quiet_transformers(not show_progress(progress)):
         if p.is_dir(): m = tf.GPTNeoXForCausalLM.from_pretrained(p, **kw)
         else:
             try: m = tf.GPTNeoXForCausalLM.from_pretrained(str(path), revision=revision, local_files_only=local_files_only, **kw)

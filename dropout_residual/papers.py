@@ -15,7 +15,7 @@ from .store import RunSpec
 
 # %% auto #0
 __all__ = ['SWEEP_PRESETS', 'PAPER1', 'PAPER2', 'PAPER3', 'EXPERIMENTS', 'Configuration', 'Claim', 'Preset', 'Experiment',
-           'get_experiment', 'experiment_runs']
+           'get_experiment', 'experiment_configs', 'experiment_runs']
 
 # %% ../nbs/10_papers.ipynb #ef6d5c04
 SWEEP_PRESETS = ("smoke", "quick", "paper")
@@ -60,6 +60,7 @@ class Experiment:
     notes: str = ""
     schedule_sites: tuple = ("embd", "attn", "proj", "mlp")  # sites a configuration's schedule drives
     baseline: str|None = None   # the configuration the others are compared with seed by seed (`paired_differences`)
+    figures: tuple = ("best", "curves", "paired")   # what to draw of its results: names of `viz.FIGURES`
 
     def __post_init__(self):
         if self.baseline is not None and self.baseline not in self.labels():
@@ -97,6 +98,7 @@ PAPER1 = Experiment(
              "smoke": Preset("smoke", model={"n_layer": 4, "n_embd": 16, "block_size": 16},
                              about="4 layers (so skip-4 exists), n_embd 16, block 16, 8 iterations")},
     baseline="skip1-attn0-mlp0-sd0",   # nanoGPT's own model: no dropout, the standard residual
+    figures=("best", "curves", "heatmap", "paired"),
     notes="One seed in the paper; the authors call the differences marginal.")
 
 # %% ../nbs/10_papers.ipynb #c0b85196
@@ -118,7 +120,7 @@ PAPER2 = Experiment(
                                     "lr_decay_iters": 1000, "eval_interval": 100, "eval_iters": 10, "ckpt_interval": 250},
                              about="2 layers, n_embd 64, block 64, batch 16, 1000 iterations"),
              "smoke": Preset("smoke", model={"n_layer": 2, "n_embd": 16, "block_size": 16}, about="2 layers, n_embd 16, 8 iterations")},
-    baseline="fixed",
+    baseline="fixed", figures=("best", "curves", "rates", "paired"),
     notes="Inference speed does not depend on a training-time dropout schedule; see the benchmark chapter.")
 
 # %% ../nbs/10_papers.ipynb #252dccb0
@@ -139,6 +141,7 @@ PAPER3 = Experiment(
                              about="widths 16..128 at depth 6, depths 2, 4, 8 at width 32; block 64, batch 16, 600 iterations"),
              "smoke": Preset("smoke", scale={"n_embd": 1/16}, model={"n_head": 2, "block_size": 16}, train={"analysis_ckpts": "log"},
                              about="widths 4..32")},
+    figures=("best", "curves", "cka", "settling", "per_vs_cka"),
     notes="Reported findings are qualitative (larger models' layers settle within ~20% of training).")
 
 EXPERIMENTS = {e.name: e for e in (PAPER1, PAPER2, PAPER3)}
@@ -166,14 +169,19 @@ def _seeds(seeds) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds): raise ValueError(f"seeds={seeds} must be distinct and not empty")
     return seeds
 
+def experiment_configs(experiment: str|Experiment, preset: str = "smoke") -> tuple[GPTConfig, TrainConfig]:
+    "The model and train configs of `experiment` at `preset`, before any configuration's changes."
+    exp = get_experiment(experiment)
+    if preset not in exp.presets: raise ValueError(f"preset={preset!r} is unknown{_closest(preset, SWEEP_PRESETS)}")
+    p = exp.presets[preset]
+    return _replace(getattr(GPTConfig, p.base)(), p.model, "model"), _replace(getattr(TrainConfig, p.base)(), p.train, "train")
+
 def experiment_runs(experiment: str|Experiment, preset: str = "smoke", seeds: int|Sequence[int] = 1,
                     overrides: dict|None = None, labels: Sequence[str]|None = None) -> list[RunSpec]:
     "The runs of `experiment` at `preset`: one `RunSpec` per configuration (or those in `labels`) x seed."
     exp = get_experiment(experiment)
-    if preset not in exp.presets: raise ValueError(f"preset={preset!r} is unknown{_closest(preset, SWEEP_PRESETS)}")
+    m0, t0 = experiment_configs(exp, preset)
     p = exp.presets[preset]
-    m0 = _replace(getattr(GPTConfig, p.base)(), p.model, "model")
-    t0 = _replace(getattr(TrainConfig, p.base)(), p.train, "train")
     if overrides:
         keys = overrides if isinstance(overrides, dict) else [o.split("=", 1)[0].strip() for o in overrides]
         bad = [k for k in keys if k.rpartition(".")[2] in ("seed", "device", "out_dir")]

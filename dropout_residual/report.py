@@ -9,33 +9,26 @@ from pathlib import Path
 from typing import Sequence
 
 
-from .utils import _closest, atomic_write_bytes
+from .utils import _closest, atomic_write_bytes, show_progress
 from .store import RUN_COLUMNS, runs_root
 from .papers import SWEEP_PRESETS, get_experiment
-from .sweep import SweepResult, _progress_default, _say, sweep
-from .viz import plot_curves, plot_results
+from .sweep import SweepResult, _say, sweep
+from .viz import draw_figures, save_figure
 
 # %% auto #0
 __all__ = ['write_results', 'reproduce']
 
 # %% ../nbs/15_report.ipynb #29641c2b
-def write_results(res: SweepResult, folder: Path|str) -> list[Path]:
-    "Write the tables (CSV, markdown) and figures (PNG) of a sweep into `folder`; returns the files."
-    import matplotlib.pyplot as plt
+def write_results(res: SweepResult, folder: Path|str, cache: dict|None = None) -> list[Path]:
+    "Write the tables (CSV, markdown) and the experiment's figures (PNG) of a sweep into `folder`; returns the files."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     n = res.experiment.name
-    files = [atomic_write_bytes(folder/f"{n}_table.csv", res.table.to_csv(index=False).encode()),
-             atomic_write_bytes(folder/f"{n}_claims.csv", res.claims.to_csv(index=False).encode()),
-             atomic_write_bytes(folder/f"{n}_runs.csv", res.runs[RUN_COLUMNS].to_csv(index=False).encode()),
-             atomic_write_bytes(folder/f"{n}_table.md", (res.report() + "\n").encode())]
-    for name, fn in (("val_loss", plot_results), ("curves", plot_curves)):
-        fig = fn(res); p = folder/f"{n}_{name}.png"
-        fig.savefig(p, dpi=110); plt.close(fig); files.append(p)
-    if len(paired := res.paired):
-        from dropout_residual.viz import plot_paired
-        files.append(atomic_write_bytes(folder/f"{n}_paired.csv", paired.to_csv(index=False).encode()))
-        fig = plot_paired(paired, res.experiment.metric, title=f"{n} ({res.preset}): paired by seed against {res.experiment.baseline}")
-        fig.savefig(folder/f"{n}_paired.png", dpi=110); plt.close(fig); files.append(folder/f"{n}_paired.png")
+    tables = {"table.csv": res.table.to_csv(index=False), "claims.csv": res.claims.to_csv(index=False),
+              "runs.csv": res.runs[RUN_COLUMNS].to_csv(index=False), "table.md": res.report() + "\n"}
+    if len(paired := res.paired): tables["paired.csv"] = paired.to_csv(index=False)
+    files = [atomic_write_bytes(folder/f"{n}_{k}", v.encode()) for k, v in tables.items()]
+    for name, fig in draw_figures(res, cache=cache).items():
+        files.append(save_figure(fig, folder/f"{n}_{name}.png", close=True))
     return files
 
 def reproduce(preset: str = "quick", root: Path|str|None = None, seeds: int|Sequence[int] = 1, executor: str = "local",
@@ -49,9 +42,9 @@ def reproduce(preset: str = "quick", root: Path|str|None = None, seeds: int|Sequ
     for e in exps:
         t0 = time.perf_counter()
         res = results[e.name] = sweep(e, preset, seeds, executor, root, device=device, max_members=max_members, progress=progress)
-        write_results(res, out)
-        md += [res.report(), "", f"![{e.name}]({e.name}_val_loss.png)", f"![{e.name} curves]({e.name}_curves.png)", "",
+        figs = [p.name for p in write_results(res, out) if p.suffix == ".png"]
+        md += [res.report(), "", *[f"![{p[:-4]}]({p})" for p in figs], "",
                f"({len(res.runs)} runs, {res.trained} trained now, {time.perf_counter() - t0:.0f} s)", ""]
     atomic_write_bytes(out/"README.md", (f"# Reproduction, preset {preset}\n\n" + "\n".join(md)).encode())
-    _say(_progress_default(progress), f"tables and figures written to {out}")
+    _say(show_progress(progress), f"tables and figures written to {out}")
     return results

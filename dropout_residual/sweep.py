@@ -8,12 +8,12 @@ import dropout_residual
 import contextlib, dataclasses, json, math, os, platform, shutil, time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
 
-from .utils import _closest, _jsonable, atomic_write_bytes, read_json, write_json
+from .utils import _closest, _jsonable, read_json, show_progress, write_json
 from .config import DROPOUT_SITES
 from .model import GPT
 from .schedules import schedule_from_dict
@@ -201,24 +201,22 @@ EXECUTORS = ("local", "ray")
 def _say(progress: bool, msg: str):
     if progress: print(msg, flush=True)
 
-def _progress_default(progress: bool|None) -> bool:
-    if progress is not None: return progress
-    return not (os.environ.get("IN_TEST") or "PYTEST_CURRENT_TEST" in os.environ)
-
 def _group_line(gdir: Path) -> str:
     man = read_json(gdir/"group.json")
     labels = sorted(set(man["labels"]), key=man["labels"].index)
     return f"{len(man['members'])} members ({', '.join(labels[:4])}{', ...' if len(labels) > 4 else ''})"
 
-def run_groups(groups: Sequence[Path], executor: str = "local", device: str = "auto", progress: bool|None = None) -> None:
-    "Train `groups` (folders from `plan_groups`) with the `local` or `ray` executor."
+def run_groups(groups: Sequence[Path], executor: str = "local", device: str = "auto", progress: bool|None = None,
+               on_group: Callable|None = None) -> None:
+    "Train `groups` (folders from `plan_groups`) with the `local` or `ray` executor; `on_group(i, n, gdir)` after each."
     if executor not in EXECUTORS: raise ValueError(f"executor={executor!r} is unknown{_closest(executor, EXECUTORS)}")
-    progress = _progress_default(progress)
-    busy = _run_ray(groups, device, progress) if executor == "ray" else _run_local(groups, device, progress)
+    progress = show_progress(progress)
+    run = _run_ray if executor == "ray" else _run_local
+    busy = run(groups, device, progress, on_group or (lambda i, n, g: None))
     if busy: raise GroupBusyError(f"{len(busy)} of {len(groups)} groups were being trained by another process, "
                                   f"the others are done:\n  " + "\n  ".join(busy))
 
-def _run_local(groups: Sequence[Path], device: str, progress: bool) -> list[str]:
+def _run_local(groups: Sequence[Path], device: str, progress: bool, on_group: Callable) -> list[str]:
     "Run the groups one after another here; returns the errors of those another process was training."
     busy = []
     for j, g in enumerate(groups):
@@ -227,8 +225,10 @@ def _run_local(groups: Sequence[Path], device: str, progress: bool) -> list[str]
         try: written = run_group(g, device, progress)
         except GroupBusyError as e: busy.append(str(e)); _say(progress, f"[group {j+1}/{len(groups)}] skipped: {e}"); continue
         _say(progress, f"[group {j+1}/{len(groups)}] wrote {len(written)} runs in {time.perf_counter()-t0:.1f} s")
+        on_group(j + 1, len(groups), g)
     return busy
 
+# %% ../nbs/12_sweep.ipynb #c8a9d8cf
 def _import_ray():
     try:
         import ray
@@ -237,7 +237,7 @@ def _import_ray():
         raise ValueError("executor='ray' needs Ray, which is not installed: pip install 'dropout_residual[ray]' "
                          "(or pip install ray), or use executor='local'") from None
 
-def _run_ray(groups: Sequence[Path], device: str, progress: bool) -> list[str]:
+def _run_ray(groups: Sequence[Path], device: str, progress: bool, on_group: Callable) -> list[str]:
     "Run the groups as Ray tasks; returns the errors of those another process was training."
     ray = _import_ray()
     started = not ray.is_initialized()
@@ -259,6 +259,7 @@ def _run_ray(groups: Sequence[Path], device: str, progress: bool) -> list[str]:
                     busy.append(msg := str(e).strip().splitlines()[-1].split("GroupBusyError: ", 1)[-1])   # Ray prefixes the class
                     _say(progress, f"[group {n}/{len(refs)}] skipped: {msg}"); continue
                 _say(progress, f"[group {n}/{len(refs)}] {_group_line(refs[r])}: wrote {len(written)} runs")
+                on_group(n, len(refs), refs[r])
         return busy
     finally:
         if started: ray.shutdown()
@@ -295,12 +296,13 @@ class SweepResult:
 
 def sweep(experiment: str|Experiment, preset: str = "smoke", seeds: int|Sequence[int] = 1, executor: str = "local",
           root: Path|str|None = None, overrides: dict|None = None, labels: Sequence[str]|None = None,
-          device: str = "auto", max_members: int|None = None, progress: bool|None = None) -> SweepResult:
+          device: str = "auto", max_members: int|None = None, progress: bool|None = None,
+          on_group: Callable|None = None) -> SweepResult:
     "Train every unfinished run of `experiment` at `preset` x `seeds` (grouped, resumable) and compare with the paper."
     if executor not in EXECUTORS: raise ValueError(f"executor={executor!r} is unknown{_closest(executor, EXECUTORS)}")
     if executor == "ray": _import_ray()
     exp = get_experiment(experiment)
-    progress = _progress_default(progress)
+    progress = show_progress(progress)
     root = runs_root(root)
     specs = experiment_runs(exp, preset, seeds, overrides, labels)
     for s in specs: prepare_run(s, root)
@@ -309,7 +311,8 @@ def sweep(experiment: str|Experiment, preset: str = "smoke", seeds: int|Sequence
     todo = sum(run_state(root/exp.name/r) != "done" for r in ids)
     _say(progress, f"{exp.name} ({exp.title}), preset {preset}: {len(ids)} runs, {len(ids) - todo} already finished, "
                    f"{todo} to train in {len(groups)} group(s) under {root/exp.name}")
-    run_groups(groups, executor, device, progress)
+    if on_group is not None: on_group(0, len(groups), None)
+    run_groups(groups, executor, device, progress, on_group)
     runs = load_runs(root, exp.name, run_ids=ids)
     summary = summarise(runs, exp.metric, by=("experiment", "label"))
     res = SweepResult(exp, preset, root, runs, compare(exp, summary), compare_claims(exp, summary), todo)

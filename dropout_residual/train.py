@@ -14,7 +14,7 @@ import torch.nn as nn
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .utils import resolve_device, synchronize
+from .utils import resolve_device, show_progress, synchronize
 from .data import TokenData, shakespeare
 from .config import DROPOUT_SITES, GPTConfig
 from .model import GPT
@@ -222,9 +222,6 @@ def _analysis_steps(cfg: TrainConfig) -> set[int]:
     if cfg.analysis_ckpts is None: return set()
     if cfg.analysis_ckpts == "log": return set(int(s) for s in S.log_spaced_steps(cfg.max_iters))
     return set(cfg.analysis_ckpts)
-
-def _default_progress() -> bool:
-    return not (os.environ.get("IN_TEST") or "PYTEST_CURRENT_TEST" in os.environ)
 
 # %% ../nbs/07_train.ipynb #bfd24f13
 class _Interrupt:
@@ -495,7 +492,7 @@ def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = N
     setup_device(device)
     folder = RunFolder(out_dir or cfg.out_dir) if (out_dir or cfg.out_dir) else None
     if rank == 0 and folder is not None: folder.remove_stale()   # temp files of a writer killed mid-save
-    progress = (_default_progress() if progress is None else progress) and rank == 0
+    progress = show_progress(progress) and rank == 0
     try:
         s = setup_or_resume(model_cfg, cfg, data, scheds, device, dtype, rank, world, folder, resume)
         log = LossLog(s, tqdm(total=cfg.max_iters, initial=s.step, desc="train", dynamic_ncols=True) if progress else None)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import torch.nn as nn
 import glob, dataclasses
-import contextlib, difflib, json, os, tempfile
+import contextlib, difflib, json, os, sys, tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['atomic_write_bytes', 'remove_stale_writes', 'write_json', 'read_json', 'eval_mode', 'synchronize', 'resolve_device']
+__all__ = ['atomic_write_bytes', 'remove_stale_writes', 'write_json', 'read_json', 'eval_mode', 'synchronize', 'resolve_device',
+           'show_progress']
 
 # %% ../nbs/00_utils.ipynb #7e923ab5
 def _umask() -> int:
@@ -109,3 +110,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available here; use device='auto' or 'cpu'")
     return d
+
+# %% ../nbs/00_utils.ipynb #fabe71ad
+def show_progress(progress: bool|None = None) -> bool:
+    "Whether to show progress: `progress` if given, else True when stderr is a terminal or a live notebook kernel."
+    if progress is not None: return bool(progress)
+    try:
+        from IPython import get_ipython
+        if getattr(get_ipython(), "kernel", None) is not None: return True
+    except ImportError: pass
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())

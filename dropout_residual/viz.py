@@ -5,7 +5,8 @@
 # %% ../nbs/14_viz.ipynb #8be396e6
 from __future__ import annotations
 from typing import Callable
-import io, math, re
+import functools, io, math, re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -16,7 +17,7 @@ import pandas as pd
 import seaborn as sns
 from pandas.io.formats.style import Styler
 
-from .utils import atomic_write_bytes
+from .utils import _closest, atomic_write_bytes
 from .papers import get_experiment
 from .stats import t_interval
 from .sweep import SweepResult
@@ -27,10 +28,11 @@ from .dynamics import COMPONENTS, KEYS, layer_means, settling_steps
 from .store import load_histories
 
 # %% auto #0
-__all__ = ['save_figure', 'ci_errorbar', 'loss_long', 'plot_loss_curves', 'paper1_grid', 'reported_values', 'plot_val_heatmap',
-           'plot_dropout_rates', 'plot_results', 'plot_curves', 'plot_best_val', 'plot_paired', 'generation_speeds',
-           'plot_speed', 'plot_cka_heatmap', 'plot_settling', 'plot_per_vs_cka', 'paper3_convergence',
-           'settling_summary', 'plot_settling_summary', 'style_results', 'draw_topology', 'plot_schedules']
+__all__ = ['SMOKE_CONVERGENCE', 'FIGURES', 'save_figure', 'ci_errorbar', 'loss_long', 'plot_loss_curves', 'paper1_grid',
+           'reported_values', 'plot_val_heatmap', 'plot_dropout_rates', 'plot_results', 'plot_curves', 'plot_best_val',
+           'plot_paired', 'generation_speeds', 'plot_speed', 'plot_cka_heatmap', 'plot_settling', 'plot_per_vs_cka',
+           'paper3_convergence', 'settling_summary', 'plot_settling_summary', 'runs_convergence', 'FigureData',
+           'draw_figures', 'style_results', 'draw_topology', 'plot_schedules']
 
 # %% ../nbs/14_viz.ipynb #7b9ee95b
 def save_figure(fig: matplotlib.figure.Figure, path: Path|str, dpi: int = 110, close: bool = False) -> Path:
@@ -370,6 +372,73 @@ def plot_settling_summary(summary: pd.DataFrame, components: Sequence[str] = ("a
     ax.legend(title="component", fontsize=8)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/14_viz.ipynb #9c79065d
+SMOKE_CONVERGENCE = {"n_probe": 16, "n_grad_batches": 1}   # paper 3 at the smoke preset: a small probe, seconds
+
+def _model_names(done: pd.DataFrame) -> list[str]:
+    "The convergence tables' model name of each run: its label, and its seed when a label has several."
+    many = done.groupby("label")["seed"].nunique().max() > 1
+    return [f"{r.label} s{r.seed}" if many else r.label for r in done.itertuples()]
+
+def runs_convergence(done: pd.DataFrame, cache: dict|None = None, **kwargs) -> pd.DataFrame:
+    "`paper3_convergence` of each finished run, computed once per run id kept in `cache`; models named as `_model_names`."
+    cache = {} if cache is None else cache
+    for r in done[~done["run_id"].isin(cache)].itertuples():
+        cache[r.run_id] = paper3_convergence(done[done["run_id"] == r.run_id], progress=False, **kwargs)
+    return pd.concat([cache[r.run_id].assign(model=m) for r, m in zip(done.itertuples(), _model_names(done))],
+                     ignore_index=True)
+
+# %% ../nbs/14_viz.ipynb #d52cb684
+@dataclass
+class FigureData:
+    "What a sweep's figures are drawn from: its result and finished runs; histories and convergence on first use."
+    res: SweepResult
+    cache: dict = field(default_factory=dict)       # run id -> its convergence table (paper 3)
+    conv_kwargs: dict|None = None                   # for `dynamics.convergence`; None: SMOKE_CONVERGENCE at smoke, else the paper's
+
+    @property
+    def done(self) -> pd.DataFrame: return self.res.runs[self.res.runs["done"]] if len(self.res.runs) else self.res.runs
+    @functools.cached_property
+    def hist(self) -> pd.DataFrame: return load_histories(self.done)
+    @functools.cached_property
+    def conv(self) -> pd.DataFrame:
+        kw = self.conv_kwargs if self.conv_kwargs is not None else SMOKE_CONVERGENCE if self.res.preset == "smoke" else {}
+        return runs_convergence(self.done, self.cache, **kw)
+
+def _largest(d: FigureData) -> str:
+    "The model name of the largest finished run (n_embd x n_layer)."
+    size = d.done["model.n_embd"] * d.done["model.n_layer"]
+    return _model_names(d.done)[list(d.done.index).index(size.idxmax())]
+
+def _paired(d: FigureData):
+    pairs, e = d.res.paired, d.res.experiment
+    if not len(pairs): return None
+    return plot_paired(pairs, e.metric, title=f"{e.name} ({d.res.preset}): paired by seed against {pairs['baseline'].iloc[0]}")
+
+FIGURES: dict[str, Callable] = {
+    "best": lambda d: plot_best_val(d.res),
+    "curves": lambda d: plot_loss_curves(d.hist, title=f"{d.res.experiment.name}: loss"),
+    "paired": _paired,
+    "heatmap": lambda d: plot_val_heatmap(d.done) if d.done["label"].nunique() > 1 else None,
+    "rates": lambda d: plot_dropout_rates(d.hist),
+    "cka": lambda d: plot_cka_heatmap(d.conv, model=_largest(d)),
+    "settling": lambda d: plot_settling(d.conv),
+    "per_vs_cka": lambda d: plot_per_vs_cka(d.conv)}
+
+# %% ../nbs/14_viz.ipynb #55342a12
+def draw_figures(res: SweepResult, names: Sequence[str]|None = None, cache: dict|None = None,
+                 conv_kwargs: dict|None = None) -> dict[str, matplotlib.figure.Figure]:
+    "The figures of a sweep that its experiment names (`Experiment.figures`), by name; none without a finished run."
+    names = res.experiment.figures if names is None else tuple(names)
+    for n in names:
+        if n not in FIGURES: raise ValueError(f"figure {n!r} is unknown{_closest(n, FIGURES)}")
+    d = FigureData(res, {} if cache is None else cache, conv_kwargs)
+    if not len(d.done): return {}
+    figs = {}
+    for n in names:
+        if (fig := FIGURES[n](d)) is not None: plt.close(fig); figs[n] = fig
+    return figs
 
 # %% ../nbs/14_viz.ipynb #9b28c949
 def style_results(table: pd.DataFrame, digits: int = 4, lower_is_better: bool = True,

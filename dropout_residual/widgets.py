@@ -12,18 +12,18 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import ipywidgets as W
+from fastcore.basics import patch
 from IPython.display import display
-from tqdm.auto import tqdm
 
-from .store import load_histories, load_runs, prepare_run, runs_root
+from .utils import show_progress
+from .store import load_runs, runs_root
 from .papers import EXPERIMENTS, experiment_runs, get_experiment
-from .stats import baseline_pairs, compare, summarise
-from .sweep import SweepResult, plan_groups, run_group, sweep
-from .viz import (paper3_convergence, plot_best_val, plot_dropout_rates, plot_loss_curves,
-                                  plot_paired, plot_val_heatmap, style_results)
+from .stats import compare, summarise
+from .sweep import SweepResult, sweep
+from .viz import draw_figures, style_results
 
 # %% auto #0
-__all__ = ['WIDGETS_ENV', 'SMOKE_CONVERGENCE', 'live_kernel', 'devices', 'ExperimentPanel']
+__all__ = ['WIDGETS_ENV', 'live_kernel', 'devices', 'ExperimentPanel']
 
 # %% ../nbs/16_widgets.ipynb #c44d616d
 WIDGETS_ENV = "DROPOUT_RESIDUAL_WIDGETS"
@@ -44,8 +44,6 @@ def devices() -> list[str]:
     return out
 
 # %% ../nbs/16_widgets.ipynb #4b1af540
-SMOKE_CONVERGENCE = {"n_probe": 16, "n_grad_batches": 1}   # paper 3 at the smoke preset: a small probe, seconds
-
 class ExperimentPanel:
     "A control panel for one paper's experiment: choose, Run (train or resume through the run store), see table and figures."
     def __init__(self, experiment: str = "paper1", preset: str = "smoke", labels: Sequence[str]|None = None,
@@ -59,189 +57,187 @@ class ExperimentPanel:
         self.result: SweepResult|None = None
         self.runs, self.results, self.figures = pd.DataFrame(), pd.DataFrame(), {}
         self._conv: dict[str, pd.DataFrame] = {}   # paper 3: convergence table per run id (computed once)
-        style = {"description_width": "100px"}
-        self.experiment = W.Dropdown(options=[(f"{e.name}: {e.title}", e.name) for e in EXPERIMENTS.values()],
-                                     value=exp.name, description="experiment", style=style, layout=W.Layout(width="420px"))
-        self.preset = W.Dropdown(options=list(exp.presets), value=preset, description="preset", style=style)
-        self.configs = W.SelectMultiple(options=exp.labels(), description="configurations", rows=8, style=style,
-                                        layout=W.Layout(width="420px"))
-        self.configs.value = tuple(labels) if labels is not None else tuple(exp.labels())
-        self.seeds = W.BoundedIntText(value=seeds, min=1, max=100, description="seeds", style=style)
-        self.device = W.Dropdown(options=devices(), value=device, description="device", style=style)
-        self.skip_mode = W.ToggleButtons(options=["replace", "add"], value=skip_mode, description="skip mode", style=style,
-                                         tooltips=["skip-k replaces the per-block residuals", "skip-k is added on top of them"])
-        self.run_button = W.Button(description="Run", button_style="primary", icon="play",
-                                   tooltip="train or resume the selected runs through the run store")
-        self.show_button = W.Button(description="Show stored", icon="folder-open", tooltip="draw what the run store holds; trains nothing")
-        self.status = W.HTML(value=self._status_text("ready"))
-        self.log, self.table_out, self.plots = W.Output(), W.Output(), W.Output()
-        self.run_button.on_click(self.on_run)
-        self.show_button.on_click(self.on_show)
-        self.experiment.observe(self.on_experiment, names="value")
-        self._sync_skip_mode()
-        controls = W.VBox([self.experiment, W.HBox([self.preset, self.seeds]), self.configs,
-                           W.HBox([self.device, self.skip_mode]), W.HBox([self.run_button, self.show_button]), self.status])
-        self.widget = W.VBox([controls, W.Accordion([self.log], titles=("progress",)), self.table_out, self.plots])
+        self._build(exp, preset, labels, seeds, device, skip_mode)
 
-    # --- plain methods the buttons call -------------------------------------------------------
-    def on_experiment(self, change=None) -> None:
-        "The experiment changed: offer its configurations (all selected) and show skip mode for paper 1 only."
-        exp = get_experiment(self.experiment.value)
-        self.configs.options = exp.labels()
-        self.configs.value = tuple(exp.labels())
-        self._sync_skip_mode()
-        self.status.value = self._status_text(f"{exp.name}: {len(exp.labels())} configurations")
+# %% ../nbs/16_widgets.ipynb #e43b456a
+@patch
+def _build(self: ExperimentPanel, exp, preset: str, labels, seeds: int, device: str, skip_mode: str) -> None:
+    "Build the widgets with these initial values and wire the buttons to their methods."
+    style = {"description_width": "100px"}
+    self.experiment = W.Dropdown(options=[(f"{e.name}: {e.title}", e.name) for e in EXPERIMENTS.values()],
+                                 value=exp.name, description="experiment", style=style, layout=W.Layout(width="420px"))
+    self.preset = W.Dropdown(options=list(exp.presets), value=preset, description="preset", style=style)
+    self.configs = W.SelectMultiple(options=exp.labels(), description="configurations", rows=8, style=style,
+                                    layout=W.Layout(width="420px"))
+    self.configs.value = tuple(labels) if labels is not None else tuple(exp.labels())
+    self.seeds = W.BoundedIntText(value=seeds, min=1, max=100, description="seeds", style=style)
+    self.device = W.Dropdown(options=devices(), value=device, description="device", style=style)
+    self.skip_mode = W.ToggleButtons(options=["replace", "add"], value=skip_mode, description="skip mode", style=style,
+                                     tooltips=["skip-k replaces the per-block residuals", "skip-k is added on top of them"])
+    self.run_button = W.Button(description="Run", button_style="primary", icon="play",
+                               tooltip="train or resume the selected runs through the run store")
+    self.show_button = W.Button(description="Show stored", icon="folder-open", tooltip="draw what the run store holds; trains nothing")
+    self.status = W.HTML(value=self._status_text("ready"))
+    self.log, self.table_out, self.plots = W.Output(), W.Output(), W.Output()
+    self.run_button.on_click(lambda b: self.on_run(b))             # the methods below, looked up when pressed
+    self.show_button.on_click(lambda b: self.on_show(b))
+    self.experiment.observe(lambda change: self.on_experiment(change), names="value")
+    self._sync_skip_mode()
+    controls = W.VBox([self.experiment, W.HBox([self.preset, self.seeds]), self.configs,
+                       W.HBox([self.device, self.skip_mode]), W.HBox([self.run_button, self.show_button]), self.status])
+    self.widget = W.VBox([controls, W.Accordion([self.log], titles=("progress",)), self.table_out, self.plots])
 
-    def selection(self) -> dict:
-        "The arguments the widgets hold now, as `experiments.sweep` takes them."
-        exp = get_experiment(self.experiment.value)
-        labels = list(self.configs.value)
-        if not labels: raise ValueError("configurations: none selected; select at least one in the list")
-        return dict(experiment=exp.name, preset=self.preset.value, seeds=int(self.seeds.value), labels=labels,
-                    device=self.device.value, root=self.root, max_members=self.max_members,
-                    overrides={"skip_mode": self.skip_mode.value} if exp.name == "paper1" else None)
+@patch
+def _sync_skip_mode(self: ExperimentPanel):
+    self.skip_mode.layout.display = None if self.experiment.value == "paper1" else "none"
 
-    def command(self) -> str:
-        "The `dropout-residual sweep` command line that runs what the widgets hold now."
-        sel, exp = self.selection(), get_experiment(self.experiment.value)
-        parts = ["dropout-residual", "sweep", sel["experiment"], "--preset", sel["preset"], "--seeds", str(sel["seeds"])]
-        for k, v in (sel["overrides"] or {}).items(): parts += ["--set", f"{k}={v}"]
-        if sel["labels"] != exp.labels():
-            for l in sel["labels"]: parts += ["--label", l]
-        if sel["device"] != "auto": parts += ["--device", sel["device"]]
-        parts += ["--runs", str(sel["root"])]
-        return shlex.join(parts)
+@patch
+def _status_text(self: ExperimentPanel, msg: str, kind: str = "info") -> str:
+    color = {"info": "#555", "done": "#1a7f37", "error": "#cf222e"}[kind]
+    return f'<span style="color:{color}">{html.escape(msg)}</span>'
 
-    def on_run(self, button=None) -> SweepResult:
-        "Train or resume the selected runs group by group, redrawing after each group; returns the `SweepResult`."
-        sel = self.selection()
-        self.run_button.disabled = True
-        t0 = time.perf_counter()
-        try:
-            specs = experiment_runs(sel["experiment"], sel["preset"], sel["seeds"], sel["overrides"], sel["labels"])
-            for s in specs: prepare_run(s, self.root)
-            ids = list(dict.fromkeys(s.run_id for s in specs))
-            groups = plan_groups(specs, self.root, sel["device"], sel["max_members"])
-            self.status.value = self._status_text(f"running: {len(ids)} runs, {len(groups)} group(s) to train")
-            with self.log:
-                if self._progress(): print(f"the same from a terminal: {self.command()}", flush=True)
-                for i, g in enumerate(tqdm(groups, desc="member groups", disable=not self._progress())):
-                    run_group(g, sel["device"], self._progress())
-                    self._draw(sel["experiment"], ids)
-                    self.status.value = self._status_text(f"running: group {i+1}/{len(groups)} done "
-                                                          f"({time.perf_counter() - t0:.0f} s)")
-                self.result = sweep(progress=False, **sel)       # every run is finished: this only assembles
-            self._draw(sel["experiment"], ids, self.result)
-            self.status.value = self._status_text(f"done: {len(self.result.runs)} runs, {len(groups)} group(s) trained now, "
-                                                  f"in {time.perf_counter() - t0:.0f} s", "done")
-            return self.result
-        except Exception as e:
-            self.status.value = self._status_text(f"error: {type(e).__name__}: {e}", "error")
-            raise
-        finally:
-            self.run_button.disabled = False
+# %% ../nbs/16_widgets.ipynb #1f60bc9d
+@patch
+def on_experiment(self: ExperimentPanel, change=None) -> None:
+    "The experiment changed: offer its configurations (all selected) and show skip mode for paper 1 only."
+    exp = get_experiment(self.experiment.value)
+    self.configs.options = exp.labels()
+    self.configs.value = tuple(exp.labels())
+    self._sync_skip_mode()
+    self.status.value = self._status_text(f"{exp.name}: {len(exp.labels())} configurations")
 
-    def on_show(self, button=None) -> pd.DataFrame:
-        "Draw the finished runs of the current selection that the run store holds; trains nothing. Returns the table."
-        sel = self.selection()
-        specs = experiment_runs(sel["experiment"], sel["preset"], sel["seeds"], sel["overrides"], sel["labels"])
-        ids = list(dict.fromkeys(s.run_id for s in specs))
-        self._draw(sel["experiment"], ids)
-        done = int(self.runs["done"].sum()) if len(self.runs) else 0
-        self.status.value = self._status_text(f"stored: {done} of {len(ids)} selected runs are finished under {self.root}")
-        return self.results
+@patch
+def selection(self: ExperimentPanel) -> dict:
+    "The arguments the widgets hold now, as `sweep` takes them."
+    exp = get_experiment(self.experiment.value)
+    labels = list(self.configs.value)
+    if not labels: raise ValueError("configurations: none selected; select at least one in the list")
+    return dict(experiment=exp.name, preset=self.preset.value, seeds=int(self.seeds.value), labels=labels,
+                device=self.device.value, root=self.root, max_members=self.max_members,
+                overrides={"skip_mode": self.skip_mode.value} if exp.name == "paper1" else None)
 
-    # --- drawing ------------------------------------------------------------------------------
-    def _progress(self) -> bool:
-        if self.progress is not None: return self.progress
-        return not (os.environ.get("IN_TEST") or "PYTEST_CURRENT_TEST" in os.environ)
+@patch
+def command(self: ExperimentPanel) -> str:
+    "The `dropout-residual sweep` command line that runs what the widgets hold now."
+    sel, exp = self.selection(), get_experiment(self.experiment.value)
+    parts = ["dropout-residual", "sweep", sel["experiment"], "--preset", sel["preset"], "--seeds", str(sel["seeds"])]
+    for k, v in (sel["overrides"] or {}).items(): parts += ["--set", f"{k}={v}"]
+    if sel["labels"] != exp.labels():
+        for l in sel["labels"]: parts += ["--label", l]
+    if sel["device"] != "auto": parts += ["--device", sel["device"]]
+    parts += ["--runs", str(sel["root"])]
+    return shlex.join(parts)
 
-    def _conv_kwargs(self) -> dict:
-        "Arguments for `dynamics.convergence`: the caller's, else the paper's probe (128 sequences), a small one at smoke."
-        if self.convergence is not None: return dict(self.convergence)
-        return dict(SMOKE_CONVERGENCE) if self.preset.value == "smoke" else {}
+@patch
+def _selected_ids(self: ExperimentPanel, sel: dict) -> list[str]:
+    "The run ids of a selection, in order, once each."
+    specs = experiment_runs(sel["experiment"], sel["preset"], sel["seeds"], sel["overrides"], sel["labels"])
+    return list(dict.fromkeys(s.run_id for s in specs))
 
-    def _sync_skip_mode(self):
-        self.skip_mode.layout.display = None if self.experiment.value == "paper1" else "none"
+# %% ../nbs/16_widgets.ipynb #c7b6b741
+@patch
+def _stored(self: ExperimentPanel, experiment: str, ids: Sequence[str]) -> SweepResult:
+    "The selected runs as the store holds them now, with the table of the finished ones, as a `SweepResult`."
+    exp = get_experiment(experiment)
+    runs = load_runs(self.root, exp.name, run_ids=ids)
+    done = runs[runs["done"]] if len(runs) else runs
+    table = compare(exp, summarise(done, exp.metric)) if len(done) else pd.DataFrame()
+    return SweepResult(exp, self.preset.value, self.root, runs, table, pd.DataFrame())
 
-    def _status_text(self, msg: str, kind: str = "info") -> str:
-        color = {"info": "#555", "done": "#1a7f37", "error": "#cf222e"}[kind]
-        return f'<span style="color:{color}">{html.escape(msg)}</span>'
+@patch
+def _draw(self: ExperimentPanel, experiment: str, ids: Sequence[str], result: SweepResult|None = None) -> None:
+    "Reload the selected runs from the store (or take `result`), rebuild table and figures, show them."
+    result = result if result is not None else self._stored(experiment, ids)
+    self.runs, self.results = result.runs, result.table
+    for f in self.figures.values(): plt.close(f)
+    self.figures = draw_figures(result, cache=self._conv, conv_kwargs=self.convergence)
+    if not live_kernel(): return     # headless: table and figures are attributes, shown by whoever wants them
+    self.table_out.clear_output(wait=True)
+    with self.table_out:
+        if len(self.results): display(style_results(self.results, caption=f"{experiment}, preset {self.preset.value}: beside the paper"))
+    self.plots.clear_output(wait=True)
+    with self.plots:
+        for f in self.figures.values(): display(f)
 
-    def _draw(self, experiment: str, ids: Sequence[str], result: SweepResult|None = None) -> None:
-        "Reload the selected runs from the store, rebuild table and figures, show them."
-        runs = result.runs if result is not None else load_runs(self.root, experiment, run_ids=ids)
-        done = runs[runs["done"]] if len(runs) else runs
-        self.runs = runs
-        if result is not None: self.results = result.table
-        elif len(done): self.results = compare(experiment, summarise(done, get_experiment(experiment).metric))
-        else: self.results = pd.DataFrame()
-        for f in self.figures.values(): plt.close(f)
-        self.figures = self._figures(experiment, done) if len(done) else {}
-        if not live_kernel(): return     # headless: table and figures are attributes, shown by whoever wants them
-        self.table_out.clear_output(wait=True)
-        with self.table_out:
-            if len(self.results): display(style_results(self.results, caption=f"{experiment}, preset {self.preset.value}: beside the paper"))
-        self.plots.clear_output(wait=True)
-        with self.plots:
-            for f in self.figures.values(): display(f)
+# %% ../nbs/16_widgets.ipynb #2cb570f7
+@patch
+def _on_group(self: ExperimentPanel, i: int, n: int, experiment: str, ids: Sequence[str], t0: float) -> None:
+    "`sweep`'s `on_group`: before the first group say what is to train, after each redraw."
+    if i == 0:
+        self._n_groups = n
+        self.status.value = self._status_text(f"running: {len(ids)} runs, {n} group(s) to train"); return
+    self._draw(experiment, ids)
+    self.status.value = self._status_text(f"running: group {i}/{n} done ({time.perf_counter() - t0:.0f} s)")
 
-    def _figures(self, experiment: str, done: pd.DataFrame) -> dict:
-        "The figures of `experiment` from its finished runs (closed for pyplot: shown only where displayed)."
-        hist = load_histories(done)
-        figs = {"curves": plot_loss_curves(hist, title=f"{experiment}: loss"),
-                "best": plot_best_val(self.results, experiment, self.preset.value)}
-        if experiment == "paper1" and done["label"].nunique() > 1: figs["heatmap"] = plot_val_heatmap(done)
-        if experiment == "paper2": figs["rates"] = plot_dropout_rates(hist)
-        if len(pairs := baseline_pairs(experiment, done)):
-            figs["paired"] = plot_paired(pairs, title=f"{experiment}: paired by seed against {pairs['baseline'].iloc[0]}")
-        if experiment == "paper3":
-            from dropout_residual.viz import plot_cka_heatmap, plot_per_vs_cka, plot_settling
-            for r in done[~done["run_id"].isin(self._conv)].itertuples():   # convergence once per run
-                self._conv[r.run_id] = paper3_convergence(done[done["run_id"] == r.run_id], progress=False, **self._conv_kwargs())
-            many = done.groupby("label")["seed"].nunique().max() > 1
-            name = lambda r: f"{r.label} s{r.seed}" if many else r.label
-            conv = pd.concat([self._conv[r.run_id].assign(model=name(r)) for r in done.itertuples()], ignore_index=True)
-            size = done["model.n_embd"] * done["model.n_layer"]
-            figs["cka"] = plot_cka_heatmap(conv, model=name(next(done.loc[[size.idxmax()]].itertuples())))
-            figs["settling"] = plot_settling(conv)
-            figs["per_vs_cka"] = plot_per_vs_cka(conv)
-        for f in figs.values(): plt.close(f)
-        return figs
+@patch
+def on_run(self: ExperimentPanel, button=None) -> SweepResult:
+    "Train or resume the selected runs with `sweep`, redrawing after each member group; returns the `SweepResult`."
+    sel = self.selection()
+    self.run_button.disabled = True
+    t0, ids = time.perf_counter(), self._selected_ids(sel)
+    try:
+        with self.log:
+            if show_progress(self.progress): print(f"the same from a terminal: {self.command()}", flush=True)
+            on_group = lambda i, n, g: self._on_group(i, n, sel["experiment"], ids, t0)
+            self.result = sweep(progress=self.progress, on_group=on_group, **sel)
+        self._draw(sel["experiment"], ids, self.result)
+        self.status.value = self._status_text(f"done: {len(self.result.runs)} runs, {self._n_groups} group(s) trained now, "
+                                              f"in {time.perf_counter() - t0:.0f} s", "done")
+        return self.result
+    except Exception as e:
+        self.status.value = self._status_text(f"error: {type(e).__name__}: {e}", "error")
+        raise
+    finally:
+        self.run_button.disabled = False
 
-    # --- display ------------------------------------------------------------------------------
-    def describe(self) -> str:
-        "What the panel controls, in plain text."
-        exp = get_experiment(self.experiment.value)
-        labels = list(self.configs.value)
-        lines = [f"ExperimentPanel: {exp.name} ({exp.title}; {exp.paper})",
-                 f"  preset {self.preset.value}, {self.seeds.value} seed(s), device {self.device.value}"
-                 + (f", skip mode {self.skip_mode.value}" if exp.name == "paper1" else ""),
-                 f"  {len(labels)} of {len(exp.labels())} configurations: {', '.join(labels[:6])}{', ...' if len(labels) > 6 else ''}",
-                 f"  run store: {self.root}",
-                 f"  results: {len(self.runs)} runs loaded, figures: {', '.join(self.figures) or 'none yet'}"]
-        return "\n".join(lines)
+@patch
+def on_show(self: ExperimentPanel, button=None) -> pd.DataFrame:
+    "Draw the finished runs of the current selection that the run store holds; trains nothing. Returns the table."
+    sel = self.selection()
+    ids = self._selected_ids(sel)
+    self._draw(sel["experiment"], ids)
+    done = int(self.runs["done"].sum()) if len(self.runs) else 0
+    self.status.value = self._status_text(f"stored: {done} of {len(ids)} selected runs are finished under {self.root}")
+    return self.results
 
-    def static_html(self) -> str:
-        "An HTML summary of the panel for places without a live kernel (docs, exported notebooks)."
-        exp = get_experiment(self.experiment.value)
-        items = "".join(f"<li>{html.escape(l)}</li>" for l in self.configs.value)
-        return (f'<div class="dropout-residual-panel" style="border:1px solid #ccc;padding:8px;border-radius:4px">'
-                f"<b>Experiment panel: {html.escape(exp.name)}</b> ({html.escape(exp.title)}; {html.escape(exp.paper)})<br>"
-                f"Controls: preset (<code>{self.preset.value}</code>), configurations, seeds (<code>{self.seeds.value}</code>), "
-                f"device (<code>{self.device.value}</code>)" + (f", skip mode (<code>{self.skip_mode.value}</code>)" if exp.name == "paper1" else "")
-                + f", and a <b>Run</b> button that trains or resumes the runs through the run store and redraws the results."
-                f"<br><i>The interactive panel needs a live Jupyter kernel (open this notebook in JupyterLab). "
-                f"The same run from a terminal:</i> <code>{html.escape(self._command_or_note())}</code>"
-                f"<details><summary>{len(self.configs.value)} selected configurations</summary><ul>{items}</ul></details></div>")
+# %% ../nbs/16_widgets.ipynb #82c0881d
+@patch
+def describe(self: ExperimentPanel) -> str:
+    "What the panel controls, in plain text."
+    exp = get_experiment(self.experiment.value)
+    labels = list(self.configs.value)
+    lines = [f"ExperimentPanel: {exp.name} ({exp.title}; {exp.paper})",
+             f"  preset {self.preset.value}, {self.seeds.value} seed(s), device {self.device.value}"
+             + (f", skip mode {self.skip_mode.value}" if exp.name == "paper1" else ""),
+             f"  {len(labels)} of {len(exp.labels())} configurations: {', '.join(labels[:6])}{', ...' if len(labels) > 6 else ''}",
+             f"  run store: {self.root}",
+             f"  results: {len(self.runs)} runs loaded, figures: {', '.join(self.figures) or 'none yet'}"]
+    return "\n".join(lines)
 
-    def _command_or_note(self) -> str:
-        try: return self.command()
-        except ValueError as e: return str(e)
+@patch
+def static_html(self: ExperimentPanel) -> str:
+    "An HTML summary of the panel for places without a live kernel (docs, exported notebooks)."
+    exp = get_experiment(self.experiment.value)
+    items = "".join(f"<li>{html.escape(l)}</li>" for l in self.configs.value)
+    return (f'<div class="dropout-residual-panel" style="border:1px solid #ccc;padding:8px;border-radius:4px">'
+            f"<b>Experiment panel: {html.escape(exp.name)}</b> ({html.escape(exp.title)}; {html.escape(exp.paper)})<br>"
+            f"Controls: preset (<code>{self.preset.value}</code>), configurations, seeds (<code>{self.seeds.value}</code>), "
+            f"device (<code>{self.device.value}</code>)" + (f", skip mode (<code>{self.skip_mode.value}</code>)" if exp.name == "paper1" else "")
+            + f", and a <b>Run</b> button that trains or resumes the runs through the run store and redraws the results."
+            f"<br><i>The interactive panel needs a live Jupyter kernel (open this notebook in JupyterLab). "
+            f"The same run from a terminal:</i> <code>{html.escape(self._command_or_note())}</code>"
+            f"<details><summary>{len(self.configs.value)} selected configurations</summary><ul>{items}</ul></details></div>")
 
-    def __repr__(self) -> str: return self.describe()
+@patch
+def _command_or_note(self: ExperimentPanel) -> str:
+    try: return self.command()
+    except ValueError as e: return str(e)
 
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
-        data = {"text/plain": self.describe(), "text/html": self.static_html()}
-        if live_kernel(): data.update({k: v for k, v in self.widget._repr_mimebundle_().items() if k != "text/plain"})
-        return data
+@patch
+def __repr__(self: ExperimentPanel) -> str: return self.describe()
+
+@patch
+def _repr_mimebundle_(self: ExperimentPanel, include=None, exclude=None) -> dict:
+    data = {"text/plain": self.describe(), "text/html": self.static_html()}
+    if live_kernel(): data.update({k: v for k, v in self.widget._repr_mimebundle_().items() if k != "text/plain"})
+    return data

@@ -222,13 +222,28 @@ def test_cli_sweep_and_bad_input(tmp_path, capsys):
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, err
 
+def test_cli_train_takes_an_experiment_and_its_preset(tmp_path, capsys):
+    "`train EXPERIMENT --preset P [--label L]`: --preset is an experiment's scale, as in `sweep` and `reproduce`."
+    from dropout_residual.cli import main
+    out = tmp_path/"adaptive"
+    args = ["train", "paper2", "--preset", "smoke", "--label", "adaptive", "--set", "max_iters=2", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cfg = json.loads((out/"config.json").read_text())
+    assert summary["iters"] == 2 and cfg["schedules"][0]["kind"] == "adaptive" and cfg["model"]["n_embd"] == 16
+    assert main(["train", "--preset", "paper2", "--out", str(tmp_path/"x")]) == 2      # the former meaning: an error
+    assert "did you mean 'paper'" in capsys.readouterr().err
+
 def test_cli_reproduce_smoke(tmp_path, capsys):
     from dropout_residual.cli import main
     assert main(["reproduce", "--preset", "smoke", "--runs", str(tmp_path), "--quiet"]) == 0
     out = tmp_path/"results"/"smoke"
     for e in ("paper1", "paper2", "paper3"):
-        for f in ("table.csv", "table.md", "claims.csv", "runs.csv", "val_loss.png", "curves.png"):
+        for f in ("table.csv", "table.md", "claims.csv", "runs.csv", "best.png", "curves.png"):
             assert (out/f"{e}_{f}").stat().st_size > 0
+    for f in ("paper1_heatmap.png", "paper2_rates.png", "paper3_cka.png", "paper3_settling.png", "paper3_per_vs_cka.png"):
+        assert (out/f).stat().st_size > 0                     # the figures each experiment names
+    assert "![paper3_cka](paper3_cka.png)" in (out/"README.md").read_text()
     t = pd.read_csv(out/"paper1_table.csv")
     assert len(t) == 20 and t["paper"].notna().sum() == 2
     assert "1.5531" in (out/"paper1_table.md").read_text()
