@@ -158,6 +158,7 @@ class Members:
     rates: dict          # {site: E rates}
     skips: tuple         # E tuples of skip lengths
     modes: tuple         # E skip modes
+    FIELDS = ("n_members", *[f"{s}_dropout" for s in DROPOUT_SITES], "skips", "skip_mode", "member_skips")  # what `config` writes
 
     @classmethod
     def of(cls, cfg: GPTConfig) -> Members:

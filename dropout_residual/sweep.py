@@ -31,7 +31,7 @@ __all__ = ['MEMBER_FIELDS', 'GROUP_BYTES_ENV', 'EXECUTORS', 'shape_key', 'member
 from .config import Members
 
 # %% ../nbs/12_sweep.ipynb #799c2108
-MEMBER_FIELDS = ("n_members", *[f"{s}_dropout" for s in DROPOUT_SITES], "skips", "skip_mode", "member_skips")   # GPTConfig fields that may differ inside a group
+MEMBER_FIELDS = Members.FIELDS   # GPTConfig fields that may differ inside a group
 GROUP_BYTES_ENV = "DROPOUT_RESIDUAL_GROUP_BYTES"
 
 def shape_key(spec: RunSpec) -> str:
