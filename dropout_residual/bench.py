@@ -23,7 +23,7 @@ from .train import TrainState, autocast, compile_model, configure_optimizer, eva
 __all__ = ['PEAK_TFLOPS', 'SHAPES', 'GRIDS', 'synchronize', 'Timing', 'time_fns', 'time_fn', 'num_threads', 'device_name',
            'environment', 'peak_flops', 'flops_per_token', 'mfu', 'ReferenceGPT', 'shape_configs', 'reference_for',
            'compile_settings', 'bench_device', 'train_step_fn', 'reference_step_fn', 'random_batch', 'BenchResult',
-           'bench_train', 'replace_members', 'grid_runs', 'project_grid', 'bench_grid', 'generation_contexts',
+           'replace_members', 'bench_train', 'grid_runs', 'project_grid', 'bench_grid', 'generation_contexts',
            'generation_flops', 'bench_generate']
 
 # %% ../nbs/13_bench.ipynb #4730d4fb
@@ -313,6 +313,14 @@ def _has_tabulate() -> bool:
     except ImportError: return False
     return True
 
+# %% ../nbs/13_bench.ipynb #12341609
+from .config import Members
+
+# %% ../nbs/13_bench.ipynb #9abe9447
+def replace_members(cfg: GPTConfig, members: int) -> GPTConfig:
+    "`cfg` with `members` members, all with member 0's rates and topology."
+    return Members.of(cfg).select([0]*members).config(cfg)
+
 # %% ../nbs/13_bench.ipynb #1c2e32c4
 def _row(name: str, members: int, t: Timing, tokens_per_call: int, flops_per_call: float|None, peak: float|None) -> dict:
     return {"implementation": name, "members": members, "ms_per_step": 1e3 * t.median, "iqr_ms": 1e3 * t.iqr,
@@ -361,12 +369,6 @@ def bench_train(shape: str = "paper1", members: int = 1, compile: bool|str = "au
                    reference_mfu=rows[1]["mfu"], speed_vs_reference_per_member=ratio, speed_vs_reference_per_member_cpu_time=ratio_cpu)
         notes.append(f"GPT per member vs ReferenceGPT: {ratio:.3f}x by wall time, {ratio_cpu:.3f}x by CPU time")
     return BenchResult(table, rec, notes)
-
-def replace_members(cfg: GPTConfig, members: int) -> GPTConfig:
-    "`cfg` with `members` members, all with member 0's rates and topology."
-    c = cfg
-    kw = {f"{s}_dropout": c.rates(s)[0] for s in DROPOUT_SITES}
-    return dataclasses.replace(c, n_members=members, skip_mode=c.modes()[0], member_skips=None, skips=c.skips_of(0), **kw)
 
 # %% ../nbs/13_bench.ipynb #58abebde
 GRIDS = {"paper1": dict(experiment="paper1", preset="paper", seeds=1, labels=None, what="20 configurations"),

@@ -8,10 +8,12 @@ import ast, dataclasses, difflib, math
 from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
+from fastcore.basics import patch
+
 from .utils import _check_keys
 
 # %% auto #0
-__all__ = ['DROPOUT_SITES', 'SKIP_MODES', 'GENERATE_WINDOWS', 'COMPILE_MODES', 'PRESETS', 'GPTConfig', 'TrainConfig',
+__all__ = ['DROPOUT_SITES', 'SKIP_MODES', 'GENERATE_WINDOWS', 'COMPILE_MODES', 'PRESETS', 'GPTConfig', 'Members', 'TrainConfig',
            'preset_configs', 'apply_overrides']
 
 # %% ../nbs/02_config.ipynb #f028afe4
@@ -27,6 +29,7 @@ def _per_member(name: str, value, n_members: int, kind=float) -> tuple:
         return tuple(kind(v) for v in value)
     return (kind(value),)*n_members
 
+# %% ../nbs/02_config.ipynb #d78a2b0f
 @dataclass
 class GPTConfig:
     "Shape, members, dropout rates and residual topology of a `GPT` (defaults: nanoGPT's shakespeare_char)."
@@ -47,80 +50,160 @@ class GPTConfig:
     member_skips: tuple|None = None   # per member, the subset of `skips` it uses (None: all)
 
     def __post_init__(self):
-        for f in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "n_members"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{f}={v!r} must be an integer >= 1")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_head={self.n_head} must divide n_embd={self.n_embd} (e.g. n_embd={self.n_head*max(1, round(self.n_embd/self.n_head))})")
-        E = self.n_members
-        for site in DROPOUT_SITES:
-            f = f"{site}_dropout"
-            rates = _per_member(f, getattr(self, f), E)
-            for r in rates:
-                if not 0 <= r < 1: raise ValueError(f"{f}={r} must lie in [0, 1)")
-            setattr(self, f, rates[0] if len(set(rates)) == 1 and not isinstance(getattr(self, f), (list, tuple)) else rates)
-        skips = self.skips if isinstance(self.skips, (list, tuple)) else (self.skips,)
-        if not skips: raise ValueError("skips=() is empty: give at least one skip length, e.g. skips=(1,)")
-        for k in skips:
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1 or self.n_layer % k:
-                divs = [d for d in range(1, self.n_layer + 1) if self.n_layer % d == 0]
-                raise ValueError(f"skip length k={k!r} must divide n_layer={self.n_layer} (choose from {divs})")
-        if len(set(skips)) != len(skips): raise ValueError(f"skips={tuple(skips)} has repeated lengths")
-        self.skips = tuple(sorted(skips))
-        modes = _per_member("skip_mode", self.skip_mode, E, str)
-        for m in modes:
-            if m not in SKIP_MODES: raise ValueError(f"skip_mode={m!r} must be 'replace' or 'add'")
-        if isinstance(self.skip_mode, (list, tuple)): self.skip_mode = modes
-        if self.member_skips is not None:
-            ms = self.member_skips
-            if not isinstance(ms, (list, tuple)) or len(ms) != E:
-                raise ValueError(f"member_skips={ms!r} must hold one tuple of skip lengths per member (n_members={E})")
-            ms = tuple(tuple(sorted(s)) for s in ms)
-            for i, s in enumerate(ms):
-                bad = [k for k in s if k not in self.skips]
-                if bad: raise ValueError(f"member_skips[{i}]={s} uses lengths {bad} not in skips={self.skips}")
-            self.member_skips = ms
-        for i in range(E):
-            if modes[i] == "replace" and not self.skips_of(i):
-                raise ValueError(f"member {i} is in skip_mode='replace' with no skip lengths: it would have no residual "
-                                 f"path at all; give it a skip length or use skip_mode='add'")
+        self._check_sizes()
+        self._normalise_rates()
+        self._normalise_skips()
 
-    def rates(self, site: str) -> tuple[float, ...]:
-        "The E dropout rates of `site` in this config."
-        if site not in DROPOUT_SITES: raise ValueError(f"site={site!r} must be one of {DROPOUT_SITES}")
-        return _per_member(f"{site}_dropout", getattr(self, f"{site}_dropout"), self.n_members)
+# %% ../nbs/02_config.ipynb #11cb1eb9
+@patch
+def _check_sizes(self: GPTConfig):
+    "Every size is an integer >= 1 and n_head divides n_embd."
+    for f in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "n_members"):
+        v = getattr(self, f)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{f}={v!r} must be an integer >= 1")
+    if self.n_embd % self.n_head:
+        raise ValueError(f"n_head={self.n_head} must divide n_embd={self.n_embd} (e.g. n_embd={self.n_head*max(1, round(self.n_embd/self.n_head))})")
 
-    def modes(self) -> tuple[str, ...]: return _per_member("skip_mode", self.skip_mode, self.n_members, str)
+@patch
+def _normalise_rates(self: GPTConfig):
+    "Every dropout rate lies in [0, 1); a per-member rate has n_members values."
+    for site in DROPOUT_SITES:
+        f = f"{site}_dropout"
+        rates = _per_member(f, getattr(self, f), self.n_members)
+        for r in rates:
+            if not 0 <= r < 1: raise ValueError(f"{f}={r} must lie in [0, 1)")
+        setattr(self, f, rates[0] if len(set(rates)) == 1 and not isinstance(getattr(self, f), (list, tuple)) else rates)
 
-    def skips_of(self, member: int) -> tuple[int, ...]:
-        "The skip lengths member `member` uses."
-        return self.skips if self.member_skips is None else self.member_skips[member]
+@patch
+def _normalise_skips(self: GPTConfig):
+    "Skip lengths divide n_layer (sorted), modes are known, member_skips are subsets, replace mode has a path."
+    skips = self.skips if isinstance(self.skips, (list, tuple)) else (self.skips,)
+    if not skips: raise ValueError("skips=() is empty: give at least one skip length, e.g. skips=(1,)")
+    for k in skips:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or self.n_layer % k:
+            divs = [d for d in range(1, self.n_layer + 1) if self.n_layer % d == 0]
+            raise ValueError(f"skip length k={k!r} must divide n_layer={self.n_layer} (choose from {divs})")
+    if len(set(skips)) != len(skips): raise ValueError(f"skips={tuple(skips)} has repeated lengths")
+    self.skips, E = tuple(sorted(skips)), self.n_members
+    modes = _per_member("skip_mode", self.skip_mode, E, str)
+    for m in modes:
+        if m not in SKIP_MODES: raise ValueError(f"skip_mode={m!r} must be 'replace' or 'add'")
+    if isinstance(self.skip_mode, (list, tuple)): self.skip_mode = modes
+    if self.member_skips is not None:
+        ms = self.member_skips
+        if not isinstance(ms, (list, tuple)) or len(ms) != E:
+            raise ValueError(f"member_skips={ms!r} must hold one tuple of skip lengths per member (n_members={E})")
+        ms = tuple(tuple(sorted(s)) for s in ms)
+        for i, s in enumerate(ms):
+            bad = [k for k in s if k not in self.skips]
+            if bad: raise ValueError(f"member_skips[{i}]={s} uses lengths {bad} not in skips={self.skips}")
+        self.member_skips = ms
+    for i in range(E):
+        if modes[i] == "replace" and not (self.skips if self.member_skips is None else self.member_skips[i]):
+            raise ValueError(f"member {i} is in skip_mode='replace' with no skip lengths: it would have no residual "
+                             f"path at all; give it a skip length or use skip_mode='add'")
 
-    def to_dict(self) -> dict: return asdict(self)
+# %% ../nbs/02_config.ipynb #c748e3c2
+@patch
+def rates(self: GPTConfig, site: str) -> tuple[float, ...]:
+    "The E dropout rates of `site` in this config."
+    if site not in DROPOUT_SITES: raise ValueError(f"site={site!r} must be one of {DROPOUT_SITES}")
+    return _per_member(f"{site}_dropout", getattr(self, f"{site}_dropout"), self.n_members)
+
+@patch
+def modes(self: GPTConfig) -> tuple[str, ...]:
+    "The E skip modes."
+    return _per_member("skip_mode", self.skip_mode, self.n_members, str)
+
+@patch
+def skips_of(self: GPTConfig, member: int) -> tuple[int, ...]:
+    "The skip lengths member `member` uses."
+    return self.skips if self.member_skips is None else self.member_skips[member]
+
+# %% ../nbs/02_config.ipynb #0297a9f1
+@patch
+def to_dict(self: GPTConfig) -> dict:
+    "The fields as a dict (what `config.json` holds)."
+    return asdict(self)
+
+@patch(cls_method=True)
+def from_dict(cls: GPTConfig, d: dict) -> GPTConfig:
+    "Inverse of `to_dict` (accepts the lists JSON gives back)."
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown: raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}")
+    return cls(**d)
+
+# %% ../nbs/02_config.ipynb #6197bb6a
+@patch(cls_method=True)
+def paper1(cls: GPTConfig, **kw) -> GPTConfig:
+    "Li & Ke (2410.01019): 16 layers, 4 heads, n_embd 128, block 64."
+    return cls(**{**dict(block_size=64, n_layer=16, n_head=4, n_embd=128, bias=False), **kw})
+
+@patch(cls_method=True)
+def paper2(cls: GPTConfig, **kw) -> GPTConfig:
+    "Yan & Shao (2411.03236) = nanoGPT shakespeare_char: 6/6/384, block 256, no bias, dropout 0.2 at nanoGPT's sites."
+    d = dict(block_size=256, n_layer=6, n_head=6, n_embd=384, bias=False,
+             embd_dropout=0.2, attn_dropout=0.2, proj_dropout=0.2, mlp_dropout=0.2)
+    return cls(**{**d, **kw})
+
+@patch(cls_method=True)
+def smoke(cls: GPTConfig, **kw) -> GPTConfig:
+    "A tiny model for tests: 4 layers, 2 heads, n_embd 32, block 32."
+    return cls(**{**dict(block_size=32, n_layer=4, n_head=2, n_embd=32, bias=False), **kw})
+
+# %% ../nbs/02_config.ipynb #dab9da86
+@dataclass(frozen=True)
+class Members:
+    "Per member: the dropout rate of each site, the skip lengths it uses, its skip mode."
+    rates: dict          # {site: E rates}
+    skips: tuple         # E tuples of skip lengths
+    modes: tuple         # E skip modes
+    FIELDS = ("n_members", *[f"{s}_dropout" for s in DROPOUT_SITES], "skips", "skip_mode", "member_skips")  # what `config` writes
 
     @classmethod
-    def from_dict(cls, d: dict) -> GPTConfig:
-        "Inverse of `to_dict` (accepts the lists JSON gives back)."
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}")
-        return cls(**d)
+    def of(cls, cfg: GPTConfig) -> Members:
+        "The members of `cfg`."
+        E = cfg.n_members
+        return cls({s: cfg.rates(s) for s in DROPOUT_SITES}, tuple(cfg.skips_of(e) for e in range(E)), cfg.modes())
 
-    @classmethod
-    def paper1(cls, **kw) -> GPTConfig:
-        "Li & Ke (2410.01019): 16 layers, 4 heads, n_embd 128, block 64."
-        return cls(**{**dict(block_size=64, n_layer=16, n_head=4, n_embd=128, bias=False), **kw})
+    def __len__(self) -> int: return len(self.modes)
 
-    @classmethod
-    def paper2(cls, **kw) -> GPTConfig:
-        "Yan & Shao (2411.03236) = nanoGPT shakespeare_char: 6/6/384, block 256, no bias, dropout 0.2 at nanoGPT's sites."
-        d = dict(block_size=256, n_layer=6, n_head=6, n_embd=384, bias=False,
-                 embd_dropout=0.2, attn_dropout=0.2, proj_dropout=0.2, mlp_dropout=0.2)
-        return cls(**{**d, **kw})
+    def __add__(self, other: Members) -> Members:
+        "These members followed by `other`'s."
+        return Members({s: self.rates[s] + other.rates[s] for s in DROPOUT_SITES}, self.skips + other.skips, self.modes + other.modes)
 
-    @classmethod
-    def smoke(cls, **kw) -> GPTConfig:
-        "A tiny model for tests: 4 layers, 2 heads, n_embd 32, block 32."
-        return cls(**{**dict(block_size=32, n_layer=4, n_head=2, n_embd=32, bias=False), **kw})
+    def select(self, idx: Sequence[int]) -> Members:
+        "Members `idx` (in that order; an index may repeat)."
+        return Members({s: tuple(r[i] for i in idx) for s, r in self.rates.items()},
+                       tuple(self.skips[i] for i in idx), tuple(self.modes[i] for i in idx))
+
+# %% ../nbs/02_config.ipynb #90cdf8b6
+@patch
+def config(self: Members, base: GPTConfig, skips: Sequence[int]|None = None, explicit: bool = False) -> GPTConfig:
+    "`base` with these members: n_members, rates, skips, skip modes (explicit: one value per member in every field)."
+    one = (lambda vals: tuple(vals)) if explicit else (lambda vals: vals[0] if len(set(vals)) == 1 else tuple(vals))
+    if skips is None: skips = tuple(sorted({k for s in self.skips for k in s})) or base.skips
+    skips = tuple(skips)
+    own = tuple(tuple(s) for s in self.skips)
+    member_skips = own if explicit or any(s != skips for s in own) else None
+    return dataclasses.replace(base, n_members=len(self), skips=skips, member_skips=member_skips,
+                               skip_mode=one(self.modes), **{f"{s}_dropout": one(r) for s, r in self.rates.items()})
+
+# %% ../nbs/02_config.ipynb #6bc9fd06
+@patch(cls_method=True)
+def stack(cls: Members, cfgs: Sequence[GPTConfig], explicit: bool = False) -> GPTConfig:
+    "One config whose members are the members of `cfgs`, in order, over the union of their `skips`."
+    cfgs = list(cfgs)
+    if not cfgs: raise ValueError("cfgs is empty: give at least one GPTConfig to stack")
+    members = cls.of(cfgs[0])
+    for c in cfgs[1:]: members = members + cls.of(c)
+    return members.config(cfgs[0], skips=sorted({k for c in cfgs for k in c.skips}), explicit=explicit)
+
+@patch(cls_method=True)
+def split(cls: Members, cfg: GPTConfig) -> list[GPTConfig]:
+    "The E members of `cfg` as E one-member configs."
+    members = cls.of(cfg)
+    return [members.select([e]).config(cfg) for e in range(cfg.n_members)]
 
 # %% ../nbs/02_config.ipynb #f3ee7eaf
 _DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -160,77 +243,104 @@ class TrainConfig:
     analysis_ckpts: str|list[int]|None = None  # None | "log" | list of steps
 
     def __post_init__(self):
-        for k in ("max_iters", "batch_size", "block_size", "eval_interval", "eval_iters", "log_interval"):
-            v = getattr(self, k)
-            _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k}={v!r} must be an integer >= 1")
-        _check(isinstance(self.warmup_iters, int) and self.warmup_iters >= 0, f"warmup_iters={self.warmup_iters!r} must be an integer >= 0")
-        if self.lr_decay_iters is not None:
-            _check(isinstance(self.lr_decay_iters, int) and self.lr_decay_iters >= 1, f"lr_decay_iters={self.lr_decay_iters!r} must be an integer >= 1 or None (= max_iters)")
-            _check(self.lr_decay_iters >= self.warmup_iters, f"lr_decay_iters={self.lr_decay_iters} must be >= warmup_iters={self.warmup_iters}")
-        for k in ("lr", "min_lr", "weight_decay", "grad_clip"):
-            v = getattr(self, k)
-            _check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0, f"{k}={v!r} must be a finite number >= 0")
-        _check(self.lr > 0, f"lr={self.lr} must be > 0")
-        _check(self.min_lr <= self.lr, f"min_lr={self.min_lr} must be <= lr={self.lr}")
-        for k in ("beta1", "beta2"):
-            v = getattr(self, k)
-            _check(isinstance(v, (int, float)) and 0 <= v < 1, f"{k}={v!r} must lie in [0, 1) (nanoGPT: beta1=0.9, beta2=0.99)")
-        seeds = self.seed if isinstance(self.seed, (list, tuple)) else [self.seed]
-        _check(len(seeds) >= 1 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds),
-               f"seed={self.seed!r} must be an integer >= 0 or a non-empty list of them (one per member)")
-        if isinstance(self.seed, tuple): self.seed = list(self.seed)
-        dev = str(self.device)
-        _check(dev.split(":")[0] in _DEVICES, f"device={self.device!r} must be one of {', '.join(_DEVICES)} (or 'cuda:N')")
-        _check(self.dtype in _DTYPES, f"dtype={self.dtype!r} must be one of {', '.join(_DTYPES)} "
-               "(float16 is not offered: its shared loss scaler couples the members)")
-        _check(self.compile_mode is None or self.compile_mode in COMPILE_MODES,
-               f"compile_mode={self.compile_mode!r} must be None (torch's default) or one of {', '.join(map(repr, COMPILE_MODES))}")
-        if self.ckpt_interval is not None:
-            _check(isinstance(self.ckpt_interval, int) and self.ckpt_interval >= 1, f"ckpt_interval={self.ckpt_interval!r} must be an integer >= 1 or None")
-        a = self.analysis_ckpts
-        if isinstance(a, tuple): a = self.analysis_ckpts = list(a)
-        _check(a is None or a == "log" or (isinstance(a, list) and all(isinstance(s, int) and 0 <= s <= self.max_iters for s in a)),
-               f"analysis_ckpts={a!r} must be None, 'log' or a list of steps in [0, max_iters={self.max_iters}]")
+        self._check_schedule()
+        self._check_optimizer()
+        self._check_run()
 
-    @property
-    def decay_iters(self) -> int: return self.lr_decay_iters or self.max_iters
+# %% ../nbs/02_config.ipynb #a5ef04e7
+@patch
+def _check_schedule(self: TrainConfig):
+    "Iterations, batches and intervals are integers >= 1; warmup >= 0; lr_decay_iters >= warmup_iters."
+    for k in ("max_iters", "batch_size", "block_size", "eval_interval", "eval_iters", "log_interval"):
+        v = getattr(self, k)
+        _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k}={v!r} must be an integer >= 1")
+    _check(isinstance(self.warmup_iters, int) and self.warmup_iters >= 0, f"warmup_iters={self.warmup_iters!r} must be an integer >= 0")
+    if self.lr_decay_iters is not None:
+        _check(isinstance(self.lr_decay_iters, int) and self.lr_decay_iters >= 1, f"lr_decay_iters={self.lr_decay_iters!r} must be an integer >= 1 or None (= max_iters)")
+        _check(self.lr_decay_iters >= self.warmup_iters, f"lr_decay_iters={self.lr_decay_iters} must be >= warmup_iters={self.warmup_iters}")
 
-    def member_seeds(self, n_members: int) -> list[int]:
-        "One seed per member: the list itself, or `seed + i`."
-        if isinstance(self.seed, list):
-            if len(self.seed) != n_members:
-                raise ValueError(f"seed={self.seed} has {len(self.seed)} seeds but the model has n_members={n_members}; give one seed per member or one int")
-            return list(self.seed)
-        return [self.seed + i for i in range(n_members)]
+# %% ../nbs/02_config.ipynb #ec323344
+@patch
+def _check_optimizer(self: TrainConfig):
+    "lr > 0, min_lr <= lr, finite non-negative decay and clip, betas in [0, 1)."
+    for k in ("lr", "min_lr", "weight_decay", "grad_clip"):
+        v = getattr(self, k)
+        _check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0, f"{k}={v!r} must be a finite number >= 0")
+    _check(self.lr > 0, f"lr={self.lr} must be > 0")
+    _check(self.min_lr <= self.lr, f"min_lr={self.min_lr} must be <= lr={self.lr}")
+    for k in ("beta1", "beta2"):
+        v = getattr(self, k)
+        _check(isinstance(v, (int, float)) and 0 <= v < 1, f"{k}={v!r} must lie in [0, 1) (nanoGPT: beta1=0.9, beta2=0.99)")
 
-    def to_dict(self) -> dict: return asdict(self)
+# %% ../nbs/02_config.ipynb #6c6472cd
+@patch
+def _check_run(self: TrainConfig):
+    "Seeds >= 0, a known device, dtype and compile mode, checkpoint steps in range."
+    seeds = self.seed if isinstance(self.seed, (list, tuple)) else [self.seed]
+    _check(len(seeds) >= 1 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds),
+           f"seed={self.seed!r} must be an integer >= 0 or a non-empty list of them (one per member)")
+    if isinstance(self.seed, tuple): self.seed = list(self.seed)
+    dev = str(self.device)
+    _check(dev.split(":")[0] in _DEVICES, f"device={self.device!r} must be one of {', '.join(_DEVICES)} (or 'cuda:N')")
+    _check(self.dtype in _DTYPES, f"dtype={self.dtype!r} must be one of {', '.join(_DTYPES)} "
+           "(float16 is not offered: its shared loss scaler couples the members)")
+    _check(self.compile_mode is None or self.compile_mode in COMPILE_MODES,
+           f"compile_mode={self.compile_mode!r} must be None (torch's default) or one of {', '.join(map(repr, COMPILE_MODES))}")
+    if self.ckpt_interval is not None:
+        _check(isinstance(self.ckpt_interval, int) and self.ckpt_interval >= 1, f"ckpt_interval={self.ckpt_interval!r} must be an integer >= 1 or None")
+    a = self.analysis_ckpts
+    if isinstance(a, tuple): a = self.analysis_ckpts = list(a)
+    _check(a is None or a == "log" or (isinstance(a, list) and all(isinstance(s, int) and 0 <= s <= self.max_iters for s in a)),
+           f"analysis_ckpts={a!r} must be None, 'log' or a list of steps in [0, max_iters={self.max_iters}]")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        "Inverse of `to_dict`; unknown keys are an error naming the closest field."
-        _check_keys(d, cls)
-        return cls(**d)
+# %% ../nbs/02_config.ipynb #252ceef5
+@patch(as_prop=True)
+def decay_iters(self: TrainConfig) -> int:
+    "The iterations the learning rate decays over (`lr_decay_iters`, or `max_iters`)."
+    return self.lr_decay_iters or self.max_iters
 
-    @classmethod
-    def paper1(cls, **kw) -> TrainConfig:
-        "Li & Ke (2410.01019): 50k iterations, batch 8, block 64, lr 1e-3 -> 1e-4 (nanoGPT optimizer defaults)."
-        return cls(**{**dict(max_iters=50_000, batch_size=8, block_size=64, lr=1e-3, min_lr=1e-4, warmup_iters=100,
-                             lr_decay_iters=50_000, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0,
-                             eval_interval=500, eval_iters=200, log_interval=100, ckpt_interval=5000), **kw})
+@patch
+def member_seeds(self: TrainConfig, n_members: int) -> list[int]:
+    "One seed per member: the list itself, or `seed + i`."
+    if isinstance(self.seed, list):
+        if len(self.seed) != n_members:
+            raise ValueError(f"seed={self.seed} has {len(self.seed)} seeds but the model has n_members={n_members}; give one seed per member or one int")
+        return list(self.seed)
+    return [self.seed + i for i in range(n_members)]
 
-    @classmethod
-    def paper2(cls, **kw) -> TrainConfig:
-        "Yan & Shao (2411.03236) = nanoGPT shakespeare_char: 5000 iterations, batch 64, block 256, bf16 on CUDA."
-        return cls(**{**dict(max_iters=5000, batch_size=64, block_size=256, lr=1e-3, min_lr=1e-4, warmup_iters=100,
-                             lr_decay_iters=5000, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0,
-                             eval_interval=250, eval_iters=200, log_interval=10, ckpt_interval=250), **kw})
+# %% ../nbs/02_config.ipynb #bdd5e961
+@patch
+def to_dict(self: TrainConfig) -> dict:
+    "The fields as a dict (what `config.json` holds)."
+    return asdict(self)
 
-    @classmethod
-    def smoke(cls, **kw) -> TrainConfig:
-        "A few iterations of a tiny model: seconds on a CPU (tests)."
-        return cls(**{**dict(max_iters=8, batch_size=4, block_size=16, lr=1e-3, min_lr=1e-4, warmup_iters=2,
-                             lr_decay_iters=None, eval_interval=4, eval_iters=2, log_interval=1, ckpt_interval=4,
-                             device="auto"), **kw})
+@patch(cls_method=True)
+def from_dict(cls: TrainConfig, d: dict) -> TrainConfig:
+    "Inverse of `to_dict`; unknown keys are an error naming the closest field."
+    _check_keys(d, cls)
+    return cls(**d)
+
+# %% ../nbs/02_config.ipynb #c0ef6b5a
+@patch(cls_method=True)
+def paper1(cls: TrainConfig, **kw) -> TrainConfig:
+    "Li & Ke (2410.01019): 50k iterations, batch 8, block 64, lr 1e-3 -> 1e-4 (nanoGPT optimizer defaults)."
+    return cls(**{**dict(max_iters=50_000, batch_size=8, block_size=64, lr=1e-3, min_lr=1e-4, warmup_iters=100,
+                         lr_decay_iters=50_000, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0,
+                         eval_interval=500, eval_iters=200, log_interval=100, ckpt_interval=5000), **kw})
+
+@patch(cls_method=True)
+def paper2(cls: TrainConfig, **kw) -> TrainConfig:
+    "Yan & Shao (2411.03236) = nanoGPT shakespeare_char: 5000 iterations, batch 64, block 256, bf16 on CUDA."
+    return cls(**{**dict(max_iters=5000, batch_size=64, block_size=256, lr=1e-3, min_lr=1e-4, warmup_iters=100,
+                         lr_decay_iters=5000, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0,
+                         eval_interval=250, eval_iters=200, log_interval=10, ckpt_interval=250), **kw})
+
+@patch(cls_method=True)
+def smoke(cls: TrainConfig, **kw) -> TrainConfig:
+    "A few iterations of a tiny model: seconds on a CPU (tests)."
+    return cls(**{**dict(max_iters=8, batch_size=4, block_size=16, lr=1e-3, min_lr=1e-4, warmup_iters=2,
+                         lr_decay_iters=None, eval_interval=4, eval_iters=2, log_interval=1, ckpt_interval=4,
+                         device="auto"), **kw})
 
 # %% ../nbs/02_config.ipynb #86b75008
 PRESETS = ("smoke", "paper1", "paper2")

@@ -31,6 +31,7 @@ class MemberLinear(nn.Module):
     def forward(self, x): return member_linear(x, self.weight, self.bias)
     def extra_repr(self): E, o, i = self.weight.shape; return f"E={E}, d_in={i}, d_out={o}, bias={self.bias is not None}"
 
+# %% ../nbs/03_layers.ipynb #4637780a
 class MemberLayerNorm(nn.Module):
     "E independent LayerNorms over the last dim, with optional bias (nanoGPT's `LayerNorm(ndim, bias)`)."
     def __init__(self, n_members: int, dim: int, bias: bool = True):
@@ -45,6 +46,7 @@ class MemberLayerNorm(nn.Module):
         return y if self.bias is None else y + self.bias.view(shape)
     def extra_repr(self): E, C = self.weight.shape; return f"E={E}, dim={C}, bias={self.bias is not None}"
 
+# %% ../nbs/03_layers.ipynb #ade3cead
 class MemberEmbedding(nn.Module):
     "E independent embedding tables: weight (E, num, dim); ids (E, ...) -> (E, ..., dim)."
     def __init__(self, n_members: int, num: int, dim: int):

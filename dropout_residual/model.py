@@ -5,14 +5,14 @@
 # %% ../nbs/04_model.ipynb #262c1bb9
 from __future__ import annotations
 import math
-from dataclasses import replace
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from fastcore.basics import patch
 
-from .config import DROPOUT_SITES, GENERATE_WINDOWS, GPTConfig, SKIP_MODES, _per_member
+from .config import DROPOUT_SITES, GENERATE_WINDOWS, GPTConfig, Members, SKIP_MODES, _per_member
 from .layers import LayerKV, MemberEmbedding, MemberLayerNorm, MemberLinear, member_dropout, member_linear
 
 # %% auto #0
@@ -84,13 +84,9 @@ class Block(nn.Module):
         if carry is x: return h + m          # the standard residual: nanoGPT's two additions
         return a + m if carry is None else carry + a + m
 
-# %% ../nbs/04_model.ipynb #62d914a8
-def _gate_kind(g: torch.Tensor) -> str:
-    "'all' if every entry is 1, 'none' if every entry is 0, else 'mixed' (read on the host, at set time)."
-    g = g.detach().cpu()
-    return "all" if bool((g == 1).all()) else "none" if bool((g == 0).all()) else "mixed"
-
+# %% ../nbs/04_model.ipynb #8c3f94fd
 class GPT(nn.Module):
+    "nanoGPT's GPT with E members (every parameter has a leading dim E), five dropout sites and skip-k residuals."
     "nanoGPT's GPT with E members (every parameter has a leading dim E), five dropout sites and skip-k residuals."
     def __init__(self, config: GPTConfig, seeds: Sequence[int]|None = None, init: bool = True):
         super().__init__()
@@ -108,142 +104,8 @@ class GPT(nn.Module):
         self._refresh()
         if init: self.init_weights(seeds)
 
-    @torch.no_grad()
-    def init_weights(self, seeds: Sequence[int]|None = None):
-        "nanoGPT's init per member: N(0, 0.02), c_proj N(0, 0.02/sqrt(2 n_layer)), biases 0, LayerNorm 1; member e from `seeds[e]` if given."
-        E = self.config.n_members
-        if seeds is not None and len(seeds) != E: raise ValueError(f"seeds has {len(seeds)} values, expected n_members={E}")
-        std_proj = 0.02/math.sqrt(2*self.config.n_layer)
-        for e in range(E):
-            g = None
-            if seeds is not None:
-                g = torch.Generator(device=self.wte.weight.device); g.manual_seed(int(seeds[e]))
-            for name, p in self.named_parameters():
-                if name.endswith("bias"): p[e].zero_()
-                elif ".ln_" in name or name.startswith("ln_"): p[e].fill_(1.0)
-                else: p[e].normal_(0.0, std_proj if name.endswith("c_proj.weight") else 0.02, generator=g)
-
-    def _refresh(self):
-        "Recompute the Python flags (active dropout sites, gate kinds) from the buffers."
-        self._active = {s: bool((getattr(self, f"rate_{s}") > 0).any()) for s in DROPOUT_SITES}
-        self._resid_kind = _gate_kind(self.resid_gates)
-        self._skip_kind = [_gate_kind(self.skip_gates[:, i]) for i in range(self.skip_gates.shape[1])]
-
     @property
     def n_members(self) -> int: return self.config.n_members
-
-    # ---- dropout rates -------------------------------------------------------------------------
-    @torch.no_grad()
-    def set_dropout(self, site: str|Sequence[str], rates) -> GPT:
-        "Set the dropout rate(s) of `site` (or a list of sites, or 'all'): a float, E floats, or a tensor (E,); in place."
-        sites = DROPOUT_SITES if site == "all" else (site,) if isinstance(site, str) else tuple(site)
-        for s in sites:
-            if s not in DROPOUT_SITES: raise ValueError(f"site={s!r} must be one of {DROPOUT_SITES} or 'all'")
-        E = self.n_members
-        r = torch.as_tensor(rates, dtype=torch.float32).detach().cpu().flatten()
-        if r.numel() == 1: r = r.expand(E)
-        if r.numel() != E: raise ValueError(f"rates for site={site!r} has {r.numel()} values; give one value or n_members={E} values")
-        bad = r[(r < 0) | (r >= 1) | r.isnan()]
-        if len(bad): raise ValueError(f"dropout rate {bad[0].item()} for site={site!r} must lie in [0, 1)")
-        for s in sites:
-            buf = getattr(self, f"rate_{s}")
-            if bool((r == r[0]).all()): buf.fill_(float(r[0]))             # a scalar fill: no host-to-device copy
-            elif buf.is_cuda: buf.copy_(r.pin_memory(), non_blocking=True)  # no stall of the GPU queue
-            else: buf.copy_(r)
-            self._active[s] = bool((r > 0).any())
-        return self
-
-    def dropout_rates(self) -> dict[str, torch.Tensor]:
-        "The live dropout rates, `{site: tensor (E,)}` (copies)."
-        return {s: getattr(self, f"rate_{s}").detach().clone() for s in DROPOUT_SITES}
-
-    def keep_dropout_paths(self, on: bool = True) -> GPT:
-        "Keep every site's dropout path in training even at rate 0, so a compiled model never re-specialises when a site goes to 0 and back."
-        self._keep_paths = bool(on)
-        return self
-
-    def _live_rates(self) -> dict:
-        "Per site, the rate buffer when the site is active in this mode, else None."
-        return {s: getattr(self, f"rate_{s}") if self.training and (self._active[s] or self._keep_paths) else None
-                for s in DROPOUT_SITES}
-
-    # ---- topology ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def set_skip_gates(self, member_skips: Sequence[Sequence[int]]|None = None, skip_mode: str|Sequence[str]|None = None) -> GPT:
-        "Change which of `config.skips` each member uses and/or each member's skip_mode, in place."
-        c, E = self.config, self.n_members
-        if member_skips is not None:
-            if len(member_skips) != E: raise ValueError(f"member_skips has {len(member_skips)} entries, expected n_members={E}")
-            for e, s in enumerate(member_skips):
-                bad = [k for k in s if k not in c.skips]
-                if bad: raise ValueError(f"member_skips[{e}]={tuple(s)} uses lengths {bad} not in config.skips={c.skips}")
-            self.skip_gates.copy_(torch.tensor([[float(k in s) for k in c.skips] for s in member_skips]))
-        if skip_mode is not None:
-            modes = _per_member("skip_mode", skip_mode, E, str)
-            for m in modes:
-                if m not in SKIP_MODES: raise ValueError(f"skip_mode={m!r} must be 'replace' or 'add'")
-            self.resid_gates.copy_(torch.tensor([float(m == "add") for m in modes]))
-        self._refresh()
-        return self
-
-    def current_config(self) -> GPTConfig:
-        "The config of the model as it is now: live dropout rates, skip gates and modes per member."
-        c, E = self.config, self.n_members
-        rates = {f"{s}_dropout": tuple(v.tolist()) for s, v in self.dropout_rates().items()}
-        gates = self.skip_gates.detach().cpu()
-        member_skips = tuple(tuple(k for i, k in enumerate(c.skips) if gates[e, i] > 0) for e in range(E))
-        modes = tuple("add" if g > 0 else "replace" for g in self.resid_gates.tolist())
-        return replace(c, **rates, skip_mode=modes, member_skips=member_skips)
-
-    def _carry(self, j: int, states: list, p_skip) -> torch.Tensor|None:
-        "Sum of the residual paths ending at the output of block j (None if there are none)."
-        E, x = self.n_members, states[j]
-        terms = []
-        if self._resid_kind == "all": terms.append(x)
-        elif self._resid_kind == "mixed": terms.append(x*self.resid_gates.view(E, 1, 1, 1))
-        for i, k in enumerate(self.config.skips):
-            if (j + 1) % k or self._skip_kind[i] == "none": continue
-            t = member_dropout(states[j + 1 - k], p_skip)                 # skip-k from the input of block j+1-k
-            terms.append(t if self._skip_kind[i] == "all" else t*self.skip_gates[:, i].view(E, 1, 1, 1))
-        if not terms: return None
-        carry = terms[0]
-        for t in terms[1:]: carry = carry + t
-        return carry
-
-    # ---- forward -------------------------------------------------------------------------------
-    def _members_idx(self, idx: torch.Tensor, name: str = "idx", check_values: bool = True) -> torch.Tensor:
-        "Check idx (B, T) or (E, B, T) and return it as (E, B, T)."
-        c, E = self.config, self.n_members
-        if not isinstance(idx, torch.Tensor): raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(idx).__name__}")
-        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-            raise ValueError(f"{name} has dtype {idx.dtype}; token ids must be an integer tensor (torch.long)")
-        if idx.dim() == 2: idx = idx.unsqueeze(0).expand(E, *idx.shape)
-        elif idx.dim() != 3 or idx.shape[0] != E:
-            raise ValueError(f"{name} has shape {tuple(idx.shape)}; expected (B, T) shared by all members or (E={E}, B, T)")
-        if idx.shape[-1] > c.block_size:
-            raise ValueError(f"{name} has T={idx.shape[-1]} tokens, more than block_size={c.block_size}; crop it to the last {c.block_size}")
-        if check_values and idx.numel():
-            lo, hi = int(idx.min()), int(idx.max())
-            if lo < 0 or hi >= c.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"{name} holds token id {bad}, outside the vocabulary [0, vocab_size={c.vocab_size})")
-        return idx
-
-    def _hidden(self, idx: torch.Tensor, kv: list|None = None, start: int = 0) -> torch.Tensor:
-        "idx (E, B, T) -> final hidden states after ln_f, (E, B, T, C)."
-        T = idx.shape[-1]
-        r = self._live_rates()
-        x = self.wte(idx) + self.wpe.weight[:, start:start + T].unsqueeze(1)   # (E, B, T, C)
-        x = member_dropout(x, r["embd"])
-        states = [x]
-        for j, block in enumerate(self.blocks):
-            x = block(x, self._carry(j, states, r["skip"]), r, None if kv is None else kv[j], start)
-            states.append(x)
-        return self.ln_f(x)
-
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        "Output head tied to the token embedding: (E, B, T, C) -> (E, B, T, V)."
-        return member_linear(h, self.wte.weight)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor|None = None) -> tuple[torch.Tensor, torch.Tensor|None]:
         "idx (B, T) or (E, B, T) -> logits (E, B, T, V) and the mean cross-entropy per member (E,) (None without targets)."
@@ -263,126 +125,277 @@ class GPT(nn.Module):
         loss = nll.sum(1)/valid.sum(1).clamp(min=1)                          # (E,) mean over non-ignored targets
         return logits, loss
 
-    # ---- generation ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int|None = None,
-                 use_cache: bool = True, generator: torch.Generator|None = None, window: str = "exact") -> torch.Tensor:
-        "Sample `max_new_tokens` ids per member after idx (B, T) or (E, B, T) -> (E, B, T+N); eval mode, KV cache; `window`: 'exact' | 'slide'."
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0: raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
-        if not temperature >= 0: raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1): raise ValueError(f"top_k={top_k!r} must be None or an integer >= 1")
-        if window not in GENERATE_WINDOWS: raise ValueError(f"window={window!r} must be one of {GENERATE_WINDOWS}")
-        bs = self.config.block_size
-        if idx.dim() >= 1 and idx.shape[-1] > bs: idx = idx[..., -bs:]  # the model only ever sees the last block_size tokens
-        if idx.shape[-1] == 0: raise ValueError("idx has T=0 tokens; give at least one token to start from")
-        idx = self._members_idx(idx)
-        E, B, T0 = idx.shape
-        out = idx.new_empty(E, B, T0 + max_new_tokens)                # written in place, token by token (no growing cat)
-        out[..., :T0] = idx
-        keep = max(1, bs//2)                                          # tokens the 'slide' window keeps when it is full
-        was_training = self.training
-        self.eval()
-        try:
-            kv, ws, cached_ws = None, 0, None                         # ws: where the model's window starts in `out`
-            for L in range(T0, T0 + max_new_tokens):                   # L tokens so far
-                if window == "exact": ws = max(0, L - bs)              # nanoGPT: the last block_size tokens, every step
-                elif L - ws > bs: ws = L - keep                        # 'slide': full -> keep the last `keep` tokens
-                if not use_cache or L > bs and window == "exact":         # 'exact' past block_size: a cache would be
-                    h = self._hidden(out[..., ws:L])                      # refilled every token; skip writing it
-                elif kv is None or ws != cached_ws:
-                    # first step, or the window moved: positions shift, so every cached key is stale -> refill
-                    kv = kv or [LayerKV(bs) for _ in self.blocks]
-                    h, cached_ws = self._hidden(out[..., ws:L], kv, 0), ws
-                else: h = self._hidden(out[..., L - 1:L], kv, L - 1 - ws)  # one new token at position L-1-ws
-                logits = self._logits(h[:, :, -1:])[:, :, 0]          # (E, B, V)
-                out[..., L] = self._sample(logits, temperature, top_k, generator)
-        finally: self.train(was_training)
-        return out
+# %% ../nbs/04_model.ipynb #44782660
+def _gate_kind(g: torch.Tensor) -> str:
+    "'all' if every entry is 1, 'none' if every entry is 0, else 'mixed' (read on the host, at set time)."
+    g = g.detach().cpu()
+    return "all" if bool((g == 1).all()) else "none" if bool((g == 0).all()) else "mixed"
 
-    @staticmethod
-    def _sample(logits, temperature, top_k, generator):
-        "Next ids (E, B) from logits (E, B, V), like nanoGPT: temperature, optional top-k, multinomial."
-        E, B, V = logits.shape
-        if temperature == 0: return logits.argmax(-1)
-        logits = logits.float()/temperature
-        if top_k is not None and top_k < V:                           # top_k >= V keeps every token: no filter to apply
-            v, _ = torch.topk(logits, top_k)
-            logits = logits.masked_fill(logits < v[..., [-1]], float("-inf"))
-        probs = logits.softmax(-1).view(E*B, V)
-        return torch.multinomial(probs, 1, generator=generator).view(E, B)
+@patch
+def _refresh(self: GPT):
+    "Recompute the Python flags (active dropout sites, gate kinds) from the buffers."
+    self._active = {s: bool((getattr(self, f"rate_{s}") > 0).any()) for s in DROPOUT_SITES}
+    self._resid_kind = _gate_kind(self.resid_gates)
+    self._skip_kind = [_gate_kind(self.skip_gates[:, i]) for i in range(self.skip_gates.shape[1])]
 
-    # ---- members -------------------------------------------------------------------------------
-    def num_params(self, per_member: bool = True, non_embedding: bool = False) -> int:
-        "Parameter count, per member (default) or in total; `non_embedding` leaves out the position embedding (nanoGPT's count)."
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding: n -= self.wpe.weight.numel()
-        return n//self.n_members if per_member else n
+# %% ../nbs/04_model.ipynb #ff957c32
+@patch
+@torch.no_grad()
+def init_weights(self: GPT, seeds: Sequence[int]|None = None):
+    "nanoGPT's init per member: N(0, 0.02), c_proj N(0, 0.02/sqrt(2 n_layer)), biases 0, LayerNorm 1; member e from `seeds[e]` if given."
+    E = self.config.n_members
+    if seeds is not None and len(seeds) != E: raise ValueError(f"seeds has {len(seeds)} values, expected n_members={E}")
+    std_proj = 0.02/math.sqrt(2*self.config.n_layer)
+    for e in range(E):
+        g = None
+        if seeds is not None:
+            g = torch.Generator(device=self.wte.weight.device); g.manual_seed(int(seeds[e]))
+        for name, p in self.named_parameters():
+            if name.endswith("bias"): p[e].zero_()
+            elif ".ln_" in name or name.startswith("ln_"): p[e].fill_(1.0)
+            else: p[e].normal_(0.0, std_proj if name.endswith("c_proj.weight") else 0.02, generator=g)
 
-    @classmethod
-    def stack(cls, models: Sequence[GPT]) -> GPT:
-        "One GPT whose members are the members of `models`, in order (shapes must match; rates and skips may differ)."
-        models = list(models)
-        if not models: raise ValueError("models is empty: give at least one GPT to stack")
-        cfgs = [m.current_config() for m in models]
-        for f in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias"):
-            vals = [getattr(c, f) for c in cfgs]
-            if len(set(vals)) > 1: raise ValueError(f"cannot stack models with different {f}: {vals}")
-        skips = tuple(sorted({k for c in cfgs for k in c.skips}))
-        per_member = lambda fn: tuple(v for c in cfgs for v in fn(c))
-        cfg = replace(cfgs[0], n_members=sum(c.n_members for c in cfgs), skips=skips,
-                      skip_mode=per_member(GPTConfig.modes),
-                      member_skips=per_member(lambda c: [c.skips_of(e) for e in range(c.n_members)]),
-                      **{f"{s}_dropout": per_member(lambda c, s=s: c.rates(s)) for s in DROPOUT_SITES})
-        p0 = models[0].wte.weight
-        out = cls(cfg, init=False).to(device=p0.device)
-        with torch.no_grad():
-            params = [dict(m.named_parameters()) for m in models]
-            for name, p in out.named_parameters(): p.copy_(torch.cat([ps[name] for ps in params]))
-        return out.train(models[0].training)
+# %% ../nbs/04_model.ipynb #80e02872
+@patch
+def num_params(self: GPT, per_member: bool = True, non_embedding: bool = False) -> int:
+    "Parameter count, per member (default) or in total; `non_embedding` leaves out the position embedding (nanoGPT's count)."
+    n = sum(p.numel() for p in self.parameters())
+    if non_embedding: n -= self.wpe.weight.numel()
+    return n//self.n_members if per_member else n
 
-    def member(self, i: int) -> GPT:
-        "Member `i` as a single model (E=1), with its weights, live dropout rates and topology (a copy)."
-        E = self.n_members
-        if not (isinstance(i, int) and -E <= i < E): raise ValueError(f"member i={i!r} out of range for n_members={E}")
-        i = i % E
-        c = self.current_config()
-        sk = c.skips_of(i)
-        cfg = replace(c, n_members=1, skips=sk or c.skips, skip_mode=c.modes()[i], member_skips=None if sk else ((),),
-                      **{f"{s}_dropout": c.rates(s)[i] for s in DROPOUT_SITES})
-        out = GPT(cfg, init=False).to(device=self.wte.weight.device)
-        with torch.no_grad():
-            src = dict(self.named_parameters())
-            for name, p in out.named_parameters(): p.copy_(src[name][i:i + 1])
-        return out.train(self.training)
+# %% ../nbs/04_model.ipynb #bd1f2c70
+@patch
+@torch.no_grad()
+def set_dropout(self: GPT, site: str|Sequence[str], rates) -> GPT:
+    "Set the dropout rate(s) of `site` (or a list of sites, or 'all'): a float, E floats, or a tensor (E,); in place."
+    sites = DROPOUT_SITES if site == "all" else (site,) if isinstance(site, str) else tuple(site)
+    for s in sites:
+        if s not in DROPOUT_SITES: raise ValueError(f"site={s!r} must be one of {DROPOUT_SITES} or 'all'")
+    E = self.n_members
+    r = torch.as_tensor(rates, dtype=torch.float32).detach().cpu().flatten()
+    if r.numel() == 1: r = r.expand(E)
+    if r.numel() != E: raise ValueError(f"rates for site={site!r} has {r.numel()} values; give one value or n_members={E} values")
+    bad = r[(r < 0) | (r >= 1) | r.isnan()]
+    if len(bad): raise ValueError(f"dropout rate {bad[0].item()} for site={site!r} must lie in [0, 1)")
+    for s in sites:
+        buf = getattr(self, f"rate_{s}")
+        if bool((r == r[0]).all()): buf.fill_(float(r[0]))             # a scalar fill: no host-to-device copy
+        elif buf.is_cuda: buf.copy_(r.pin_memory(), non_blocking=True)  # no stall of the GPU queue
+        else: buf.copy_(r)
+        self._active[s] = bool((r > 0).any())
+    return self
 
-    # ---- nanoGPT weights -----------------------------------------------------------------------
-    @staticmethod
-    def _nanogpt_name(name: str) -> str:
-        "Our parameter name -> nanoGPT's (`blocks.3.attn.c_attn.weight` -> `transformer.h.3.attn.c_attn.weight`)."
-        if name.startswith("blocks."): return "transformer.h." + name[len("blocks."):]
-        return "transformer." + name
+@patch
+def dropout_rates(self: GPT) -> dict[str, torch.Tensor]:
+    "The live dropout rates, `{site: tensor (E,)}` (copies)."
+    return {s: getattr(self, f"rate_{s}").detach().clone() for s in DROPOUT_SITES}
 
-    @classmethod
-    def from_nanogpt(cls, state_dict: dict, config: GPTConfig) -> GPT:
-        "A GPT from a nanoGPT `model.py` state dict (each member gets the same weights); `_orig_mod.` prefixes are accepted."
-        sd = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
-        model = cls(config, init=False)
-        missing = []
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                key = cls._nanogpt_name(name)
-                if key not in sd: missing.append(key); continue
-                w = sd[key]
-                if tuple(w.shape) != tuple(p.shape[1:]):
-                    raise ValueError(f"nanoGPT {key} has shape {tuple(w.shape)}, but config gives {tuple(p.shape[1:])}; check the config's shape fields")
-                p.copy_(w.to(p.dtype).unsqueeze(0).expand_as(p))
-        if missing: raise ValueError(f"the nanoGPT state dict lacks {missing[:4]}{' ...' if len(missing) > 4 else ''}; is config.bias={config.bias} right?")
-        if "lm_head.weight" in sd and not torch.equal(sd["lm_head.weight"], sd["transformer.wte.weight"]):
-            raise ValueError("lm_head.weight differs from transformer.wte.weight: this model ties them, nanoGPT does too")
-        return model
+@patch
+def keep_dropout_paths(self: GPT, on: bool = True) -> GPT:
+    "Keep every site's dropout path in training even at rate 0, so a compiled model never re-specialises when a site goes to 0 and back."
+    self._keep_paths = bool(on)
+    return self
 
-    def to_nanogpt(self, member: int = 0) -> dict:
-        "Member `member`'s weights as a nanoGPT state dict (lm_head tied to wte)."
-        sd = {self._nanogpt_name(n): p[member].detach().clone() for n, p in self.named_parameters()}
-        sd["lm_head.weight"] = sd["transformer.wte.weight"]
-        return sd
+@patch
+def _live_rates(self: GPT) -> dict:
+    "Per site, the rate buffer when the site is active in this mode, else None."
+    return {s: getattr(self, f"rate_{s}") if self.training and (self._active[s] or self._keep_paths) else None
+            for s in DROPOUT_SITES}
+
+# %% ../nbs/04_model.ipynb #813982cd
+@patch
+@torch.no_grad()
+def set_skip_gates(self: GPT, member_skips: Sequence[Sequence[int]]|None = None, skip_mode: str|Sequence[str]|None = None) -> GPT:
+    "Change which of `config.skips` each member uses and/or each member's skip_mode, in place."
+    c, E = self.config, self.n_members
+    if member_skips is not None:
+        if len(member_skips) != E: raise ValueError(f"member_skips has {len(member_skips)} entries, expected n_members={E}")
+        for e, s in enumerate(member_skips):
+            bad = [k for k in s if k not in c.skips]
+            if bad: raise ValueError(f"member_skips[{e}]={tuple(s)} uses lengths {bad} not in config.skips={c.skips}")
+        self.skip_gates.copy_(torch.tensor([[float(k in s) for k in c.skips] for s in member_skips]))
+    if skip_mode is not None:
+        modes = _per_member("skip_mode", skip_mode, E, str)
+        for m in modes:
+            if m not in SKIP_MODES: raise ValueError(f"skip_mode={m!r} must be 'replace' or 'add'")
+        self.resid_gates.copy_(torch.tensor([float(m == "add") for m in modes]))
+    self._refresh()
+    return self
+
+@patch
+def current_config(self: GPT) -> GPTConfig:
+    "The config of the model as it is now: live dropout rates, skip gates and modes per member."
+    c, E = self.config, self.n_members
+    rates = {s: tuple(v.tolist()) for s, v in self.dropout_rates().items()}
+    gates = self.skip_gates.detach().cpu()
+    member_skips = tuple(tuple(k for i, k in enumerate(c.skips) if gates[e, i] > 0) for e in range(E))
+    modes = tuple("add" if g > 0 else "replace" for g in self.resid_gates.tolist())
+    return Members(rates, member_skips, modes).config(c, skips=c.skips, explicit=True)
+
+# %% ../nbs/04_model.ipynb #7afa3e5a
+@patch
+def _carry(self: GPT, j: int, states: list, p_skip) -> torch.Tensor|None:
+    "Sum of the residual paths ending at the output of block j (None if there are none)."
+    E, x = self.n_members, states[j]
+    terms = []
+    if self._resid_kind == "all": terms.append(x)
+    elif self._resid_kind == "mixed": terms.append(x*self.resid_gates.view(E, 1, 1, 1))
+    for i, k in enumerate(self.config.skips):
+        if (j + 1) % k or self._skip_kind[i] == "none": continue
+        t = member_dropout(states[j + 1 - k], p_skip)                 # skip-k from the input of block j+1-k
+        terms.append(t if self._skip_kind[i] == "all" else t*self.skip_gates[:, i].view(E, 1, 1, 1))
+    if not terms: return None
+    carry = terms[0]
+    for t in terms[1:]: carry = carry + t
+    return carry
+
+# %% ../nbs/04_model.ipynb #45d673f5
+@patch
+def _members_idx(self: GPT, idx: torch.Tensor, name: str = "idx", check_values: bool = True) -> torch.Tensor:
+    "Check idx (B, T) or (E, B, T) and return it as (E, B, T)."
+    c, E = self.config, self.n_members
+    if not isinstance(idx, torch.Tensor): raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(idx).__name__}")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise ValueError(f"{name} has dtype {idx.dtype}; token ids must be an integer tensor (torch.long)")
+    if idx.dim() == 2: idx = idx.unsqueeze(0).expand(E, *idx.shape)
+    elif idx.dim() != 3 or idx.shape[0] != E:
+        raise ValueError(f"{name} has shape {tuple(idx.shape)}; expected (B, T) shared by all members or (E={E}, B, T)")
+    if idx.shape[-1] > c.block_size:
+        raise ValueError(f"{name} has T={idx.shape[-1]} tokens, more than block_size={c.block_size}; crop it to the last {c.block_size}")
+    if check_values and idx.numel():
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= c.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} holds token id {bad}, outside the vocabulary [0, vocab_size={c.vocab_size})")
+    return idx
+
+# %% ../nbs/04_model.ipynb #965ab70d
+@patch
+def _hidden(self: GPT, idx: torch.Tensor, kv: list|None = None, start: int = 0) -> torch.Tensor:
+    "idx (E, B, T) -> final hidden states after ln_f, (E, B, T, C)."
+    T = idx.shape[-1]
+    r = self._live_rates()
+    x = self.wte(idx) + self.wpe.weight[:, start:start + T].unsqueeze(1)   # (E, B, T, C)
+    x = member_dropout(x, r["embd"])
+    states = [x]
+    for j, block in enumerate(self.blocks):
+        x = block(x, self._carry(j, states, r["skip"]), r, None if kv is None else kv[j], start)
+        states.append(x)
+    return self.ln_f(x)
+
+@patch
+def _logits(self: GPT, h: torch.Tensor) -> torch.Tensor:
+    "Output head tied to the token embedding: (E, B, T, C) -> (E, B, T, V)."
+    return member_linear(h, self.wte.weight)
+
+# %% ../nbs/04_model.ipynb #7c73e062
+@patch
+@torch.no_grad()
+def generate(self: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int|None = None,
+             use_cache: bool = True, generator: torch.Generator|None = None, window: str = "exact") -> torch.Tensor:
+    "Sample `max_new_tokens` ids per member after idx (B, T) or (E, B, T) -> (E, B, T+N); eval mode, KV cache; `window`: 'exact' | 'slide'."
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0: raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
+    if not temperature >= 0: raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1): raise ValueError(f"top_k={top_k!r} must be None or an integer >= 1")
+    if window not in GENERATE_WINDOWS: raise ValueError(f"window={window!r} must be one of {GENERATE_WINDOWS}")
+    bs = self.config.block_size
+    if idx.dim() >= 1 and idx.shape[-1] > bs: idx = idx[..., -bs:]  # the model only ever sees the last block_size tokens
+    if idx.shape[-1] == 0: raise ValueError("idx has T=0 tokens; give at least one token to start from")
+    idx = self._members_idx(idx)
+    E, B, T0 = idx.shape
+    out = idx.new_empty(E, B, T0 + max_new_tokens)                # written in place, token by token (no growing cat)
+    out[..., :T0] = idx
+    keep = max(1, bs//2)                                          # tokens the 'slide' window keeps when it is full
+    was_training = self.training
+    self.eval()
+    try:
+        kv, ws, cached_ws = None, 0, None                         # ws: where the model's window starts in `out`
+        for L in range(T0, T0 + max_new_tokens):                   # L tokens so far
+            if window == "exact": ws = max(0, L - bs)              # nanoGPT: the last block_size tokens, every step
+            elif L - ws > bs: ws = L - keep                        # 'slide': full -> keep the last `keep` tokens
+            if not use_cache or L > bs and window == "exact":         # 'exact' past block_size: a cache would be
+                h = self._hidden(out[..., ws:L])                      # refilled every token; skip writing it
+            elif kv is None or ws != cached_ws:
+                # first step, or the window moved: positions shift, so every cached key is stale -> refill
+                kv = kv or [LayerKV(bs) for _ in self.blocks]
+                h, cached_ws = self._hidden(out[..., ws:L], kv, 0), ws
+            else: h = self._hidden(out[..., L - 1:L], kv, L - 1 - ws)  # one new token at position L-1-ws
+            logits = self._logits(h[:, :, -1:])[:, :, 0]          # (E, B, V)
+            out[..., L] = _sample(logits, temperature, top_k, generator)
+    finally: self.train(was_training)
+    return out
+
+def _sample(logits, temperature, top_k, generator):
+    "Next ids (E, B) from logits (E, B, V), like nanoGPT: temperature, optional top-k, multinomial."
+    E, B, V = logits.shape
+    if temperature == 0: return logits.argmax(-1)
+    logits = logits.float()/temperature
+    if top_k is not None and top_k < V:                           # top_k >= V keeps every token: no filter to apply
+        v, _ = torch.topk(logits, top_k)
+        logits = logits.masked_fill(logits < v[..., [-1]], float("-inf"))
+    probs = logits.softmax(-1).view(E*B, V)
+    return torch.multinomial(probs, 1, generator=generator).view(E, B)
+
+# %% ../nbs/04_model.ipynb #f565dc2d
+@patch(cls_method=True)
+def stack(cls: GPT, models: Sequence[GPT]) -> GPT:
+    "One GPT whose members are the members of `models`, in order (shapes must match; rates and skips may differ)."
+    models = list(models)
+    if not models: raise ValueError("models is empty: give at least one GPT to stack")
+    cfgs = [m.current_config() for m in models]
+    for f in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias"):
+        vals = [getattr(c, f) for c in cfgs]
+        if len(set(vals)) > 1: raise ValueError(f"cannot stack models with different {f}: {vals}")
+    cfg = Members.stack(cfgs, explicit=True)
+    p0 = models[0].wte.weight
+    out = cls(cfg, init=False).to(device=p0.device)
+    with torch.no_grad():
+        params = [dict(m.named_parameters()) for m in models]
+        for name, p in out.named_parameters(): p.copy_(torch.cat([ps[name] for ps in params]))
+    return out.train(models[0].training)
+
+@patch
+def member(self: GPT, i: int) -> GPT:
+    "Member `i` as a single model (E=1), with its weights, live dropout rates and topology (a copy)."
+    E = self.n_members
+    if not (isinstance(i, int) and -E <= i < E): raise ValueError(f"member i={i!r} out of range for n_members={E}")
+    i = i % E
+    cfg = Members.split(self.current_config())[i]
+    out = GPT(cfg, init=False).to(device=self.wte.weight.device)
+    with torch.no_grad():
+        src = dict(self.named_parameters())
+        for name, p in out.named_parameters(): p.copy_(src[name][i:i + 1])
+    return out.train(self.training)
+
+# %% ../nbs/04_model.ipynb #9c41fab5
+def _nanogpt_name(name: str) -> str:
+    "Our parameter name -> nanoGPT's (`blocks.3.attn.c_attn.weight` -> `transformer.h.3.attn.c_attn.weight`)."
+    if name.startswith("blocks."): return "transformer.h." + name[len("blocks."):]
+    return "transformer." + name
+
+# %% ../nbs/04_model.ipynb #659d9d7f
+@patch(cls_method=True)
+def from_nanogpt(cls: GPT, state_dict: dict, config: GPTConfig) -> GPT:
+    "A GPT from a nanoGPT `model.py` state dict (each member gets the same weights); `_orig_mod.` prefixes are accepted."
+    sd = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+    model = cls(config, init=False)
+    missing = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            key = _nanogpt_name(name)
+            if key not in sd: missing.append(key); continue
+            w = sd[key]
+            if tuple(w.shape) != tuple(p.shape[1:]):
+                raise ValueError(f"nanoGPT {key} has shape {tuple(w.shape)}, but config gives {tuple(p.shape[1:])}; check the config's shape fields")
+            p.copy_(w.to(p.dtype).unsqueeze(0).expand_as(p))
+    if missing: raise ValueError(f"the nanoGPT state dict lacks {missing[:4]}{' ...' if len(missing) > 4 else ''}; is config.bias={config.bias} right?")
+    if "lm_head.weight" in sd and not torch.equal(sd["lm_head.weight"], sd["transformer.wte.weight"]):
+        raise ValueError("lm_head.weight differs from transformer.wte.weight: this model ties them, nanoGPT does too")
+    return model
+
+@patch
+def to_nanogpt(self: GPT, member: int = 0) -> dict:
+    "Member `member`'s weights as a nanoGPT state dict (lm_head tied to wte)."
+    sd = {_nanogpt_name(n): p[member].detach().clone() for n, p in self.named_parameters()}
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    return sd

@@ -27,8 +27,11 @@ from .stats import baseline_pairs, compare, compare_claims, summarise, to_markdo
 __all__ = ['MEMBER_FIELDS', 'GROUP_BYTES_ENV', 'EXECUTORS', 'shape_key', 'member_bytes', 'max_group_size', 'group_configs',
            'plan_groups', 'GroupBusyError', 'group_lock', 'run_group', 'run_groups', 'SweepResult', 'sweep']
 
+# %% ../nbs/12_sweep.ipynb #3a5e0e09
+from .config import Members
+
 # %% ../nbs/12_sweep.ipynb #799c2108
-MEMBER_FIELDS = ("n_members", *[f"{s}_dropout" for s in DROPOUT_SITES], "skips", "skip_mode", "member_skips")   # GPTConfig fields that may differ inside a group
+MEMBER_FIELDS = Members.FIELDS   # GPTConfig fields that may differ inside a group
 GROUP_BYTES_ENV = "DROPOUT_RESIDUAL_GROUP_BYTES"
 
 def shape_key(spec: RunSpec) -> str:
@@ -40,9 +43,7 @@ def shape_key(spec: RunSpec) -> str:
 
 def member_bytes(model_cfg, train_cfg) -> int:
     "Estimated training memory of one member: weights + grads + AdamW state + activations, with 25% headroom."
-    single = dataclasses.replace(model_cfg, n_members=1, member_skips=None,
-                                 **{f: getattr(model_cfg, f) if not isinstance(getattr(model_cfg, f), tuple) else getattr(model_cfg, f)[0]
-                                    for f in (*[f"{s}_dropout" for s in DROPOUT_SITES], "skip_mode")})
+    single = Members.split(model_cfg)[0]   # the members share a shape: member 0 has the same parameter count
     n_params = GPT(single, init=False).num_params()
     B, T, C, H, L, V = train_cfg.batch_size, train_cfg.block_size, model_cfg.n_embd, model_cfg.n_head, model_cfg.n_layer, model_cfg.vocab_size
     acts = 2 * B * T * (34 * C + 5 * H * T) * L + 3 * 4 * B * T * V
@@ -62,15 +63,7 @@ def max_group_size(model_cfg, train_cfg, device: str = "auto", max_members: int|
 
 def group_configs(specs: Sequence[RunSpec], device: str = "auto"):
     "The stacked model config, train config (one seed per member) and schedules (None or one per member) of a group."
-    cfgs = [s.model_cfg for s in specs]
-    one = lambda vals: vals[0] if len(set(vals)) == 1 else tuple(vals)
-    skips = tuple(sorted({k for c in cfgs for k in c.skips}))
-    own = [tuple(c.skips) for c in cfgs]
-    m = dataclasses.replace(cfgs[0], n_members=len(cfgs), skips=skips,
-                            member_skips=None if all(o == skips for o in own) else tuple(own),
-                            skip_mode=one([c.skip_mode for c in cfgs]),
-                            **{f"{site}_dropout": one([float(getattr(c, f"{site}_dropout")) for c in cfgs])
-                               for site in DROPOUT_SITES})
+    m = Members.stack([s.model_cfg for s in specs])   # compact: a field given once where the members agree
     t = dataclasses.replace(specs[0].train_cfg, seed=[s.seed for s in specs], out_dir=None, device=device)
     scheds = None if all(s.schedule is None for s in specs) else [schedule_from_dict(s.schedule) for s in specs]
     return m, t, scheds

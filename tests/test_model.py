@@ -4,7 +4,7 @@ import math
 import pytest, torch
 from torch.nn import functional as F
 
-from dropout_residual.config import DROPOUT_SITES, GPTConfig
+from dropout_residual.config import DROPOUT_SITES, GPTConfig, Members
 from dropout_residual.model import GPT
 from dropout_residual.viz import draw_topology
 
@@ -142,6 +142,35 @@ def test_member_roundtrip_and_stack_of_stacks():
     x = torch.randint(0, 65, (3, 2, 16))
     torch.testing.assert_close(again.eval()(x)[0], stacked.eval()(x)[0])
 
+def test_members_split_inverts_stack():
+    parts = [small(skips=(1,), attn_dropout=0.1), small(skips=(2,), skip_mode="add"), small(skips=(1, 4), skip_dropout=0.2),
+             small(skips=(1, 2), member_skips=((),), skip_mode="add")]      # an add-mode member that uses no skip length
+    for explicit in (False, True):
+        stacked = Members.stack(parts, explicit=explicit)
+        assert stacked.n_members == 4 and stacked.skips == (1, 2, 4)
+        back = Members.split(stacked)
+        assert back[:3] == parts[:3]
+        assert back[3] == small(skips=(1, 2, 4), member_skips=((),), skip_mode="add")   # no lengths: the stack's, all off
+        assert Members.of(stacked) == sum((Members.of(c) for c in parts[1:]), Members.of(parts[0]))
+    assert Members.stack([small(mlp_dropout=0.1)]*2).mlp_dropout == 0.1              # compact: once where all agree
+    assert Members.stack([small(mlp_dropout=0.1)]*2, explicit=True).mlp_dropout == (0.1, 0.1)
+
+def test_model_configs_go_through_members():
+    singles = three_singles(attn_dropout=0.1)
+    stacked = GPT.stack(singles)
+    assert stacked.config == Members.stack([s.current_config() for s in singles], explicit=True)
+    assert [stacked.member(e).config for e in range(3)] == Members.split(stacked.current_config())
+    assert stacked.current_config() == Members.of(stacked.config).config(stacked.config, skips=stacked.config.skips, explicit=True)
+
+def test_run_ids_unchanged():
+    "The run ids of every paper experiment's runs (hashed under a fixed version) are those before the config split."
+    import hashlib
+    from dropout_residual import papers, store
+    ids = [store.config_hash(s.config, version="pinned") for e in papers.EXPERIMENTS for p in papers.SWEEP_PRESETS
+           for s in papers.experiment_runs(e, p, seeds=2)]
+    assert len(ids) == 204
+    assert hashlib.sha256(" ".join(ids).encode()).hexdigest()[:16] == "c57575eb758cb296"
+
 def test_stack_rejects_different_shapes():
     with pytest.raises(ValueError, match="different n_embd"): GPT.stack([GPT(small()), GPT(small(n_embd=64))])
     with pytest.raises(ValueError, match="empty"): GPT.stack([])
@@ -252,6 +281,18 @@ def test_topology_matches_equation(skips, mode):
     idx = torch.randint(0, 65, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(m(idx)[0][0], topology_reference(m, idx, skips, mode == "add"), rtol=1e-5, atol=1e-5)
+
+def test_replace_mode_is_a_hybrid():
+    "In replace mode the block output drops z_j, but the MLP still reads ln_2(z_j + a) (the attention sub-layer's residual)."
+    torch.manual_seed(0)
+    m = GPT(small(skips=(2,))).eval()
+    no = {s: None for s in DROPOUT_SITES}
+    with torch.no_grad():
+        z = m.wte(torch.randint(0, 65, (1, 2, 8)))
+        b = m.blocks[0]
+        a = b.attn(b.ln_1(z))
+        torch.testing.assert_close(b(z, None, no), a + b.mlp(b.ln_2(z + a)))      # first block of a pair: no carry
+        assert not torch.allclose(b(z, None, no), a + b.mlp(b.ln_2(a)))           # not a "pure" replace
 
 def test_skip_dropout_acts_on_the_skip_path():
     "Skip dropout 0.99 in replace mode nearly removes the identity path: output far from the clean one, and random."
