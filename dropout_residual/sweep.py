@@ -14,7 +14,6 @@ import pandas as pd
 import torch
 
 from .utils import _closest, _jsonable, read_json, show_progress, write_json
-from .config import DROPOUT_SITES
 from .model import GPT
 from .schedules import schedule_from_dict
 from .checkpoint import RunFolder, load_checkpoint, load_run

@@ -29,10 +29,10 @@ from .store import load_histories
 
 # %% auto #0
 __all__ = ['SMOKE_CONVERGENCE', 'FIGURES', 'save_figure', 'ci_errorbar', 'loss_long', 'plot_loss_curves', 'paper1_grid',
-           'reported_values', 'plot_val_heatmap', 'plot_dropout_rates', 'plot_results', 'plot_curves', 'plot_best_val',
-           'plot_paired', 'generation_speeds', 'plot_speed', 'plot_cka_heatmap', 'plot_settling', 'plot_per_vs_cka',
-           'paper3_convergence', 'settling_summary', 'plot_settling_summary', 'runs_convergence', 'FigureData',
-           'draw_figures', 'style_results', 'draw_topology', 'plot_schedules']
+           'reported_values', 'plot_val_heatmap', 'plot_schedules', 'plot_dropout_rates', 'plot_results', 'plot_curves',
+           'plot_best_val', 'plot_paired', 'generation_speeds', 'plot_speed', 'plot_cka_heatmap', 'plot_settling',
+           'plot_per_vs_cka', 'paper3_convergence', 'settling_summary', 'plot_settling_summary', 'runs_convergence',
+           'FigureData', 'draw_figures', 'style_results', 'draw_topology']
 
 # %% ../nbs/14_viz.ipynb #7b9ee95b
 def save_figure(fig: matplotlib.figure.Figure, path: Path|str, dpi: int = 110, close: bool = False) -> Path:
@@ -144,12 +144,30 @@ def plot_val_heatmap(runs: pd.DataFrame, metric: str = "best_val_loss", row: str
     fig.tight_layout()
     return fig
 
+# %% ../nbs/14_viz.ipynb #9165766c
+def plot_schedules(schedules: Mapping[str, Callable]|Sequence, steps: int = 5000, ax=None,
+                   ylabel: str = "dropout rate", title: str|None = None):
+    "One line per schedule (a dict label -> schedule, or a list) over steps 0..steps-1; returns the Figure."
+    import matplotlib.pyplot as plt, pandas as pd, seaborn as sns
+    if not isinstance(schedules, Mapping):
+        schedules = {(s.to_spec() if isinstance(s, DropoutSchedule) else repr(s)): s for s in schedules}
+    steps = _check_int("steps", steps, 1)
+    xs = list(range(steps))
+    df = pd.concat([pd.DataFrame({"step": xs, "value": [float(s(t)) for t in xs], "schedule": name})
+                    for name, s in schedules.items()], ignore_index=True)
+    if ax is None: fig, ax = plt.subplots(figsize=(9, 4.5))
+    else: fig = ax.figure
+    sns.lineplot(df, x="step", y="value", hue="schedule", style="schedule", estimator=None, errorbar=None, ax=ax)  # dashes: overlaps stay visible
+    ax.set(xlabel="training step", ylabel=ylabel, title=title)
+    if len(schedules) > 1: sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/14_viz.ipynb #fc620434
 def plot_dropout_rates(source, site: str = "attn", steps: int|None = None, hue: str|None = None,
                        confidence: float = 0.95, ax=None, title: str|None = None) -> matplotlib.figure.Figure:
     "Dropout rate of `site` over steps: from histories (the rates used), or from schedules (`schedules.plot_schedules`)."
     if not isinstance(source, pd.DataFrame):
-        from dropout_residual.viz import plot_schedules
         return plot_schedules(source, steps or 5000, ax=ax, title=title)
     col = f"rate_{site}"
     if col not in source.columns:
@@ -500,23 +518,4 @@ def draw_topology(model_or_config: GPT|GPTConfig, member: int = 0, ax=None):
     site_txt = ", ".join(f"{s} {r:g}" for s, r in rates.items() if s != "skip")
     ax.set_title(f"member {member}: {mode} mode, skips {tuple(skips)}, skip dropout {p:g}\n"
                  f"dropout: {site_txt}", fontsize=8)
-    return fig
-
-# %% ../nbs/14_viz.ipynb #9165766c
-def plot_schedules(schedules: Mapping[str, Callable]|Sequence, steps: int = 5000, ax=None,
-                   ylabel: str = "dropout rate", title: str|None = None):
-    "One line per schedule (a dict label -> schedule, or a list) over steps 0..steps-1; returns the Figure."
-    import matplotlib.pyplot as plt, pandas as pd, seaborn as sns
-    if not isinstance(schedules, Mapping):
-        schedules = {(s.to_spec() if isinstance(s, DropoutSchedule) else repr(s)): s for s in schedules}
-    steps = _check_int("steps", steps, 1)
-    xs = list(range(steps))
-    df = pd.concat([pd.DataFrame({"step": xs, "value": [float(s(t)) for t in xs], "schedule": name})
-                    for name, s in schedules.items()], ignore_index=True)
-    if ax is None: fig, ax = plt.subplots(figsize=(9, 4.5))
-    else: fig = ax.figure
-    sns.lineplot(df, x="step", y="value", hue="schedule", style="schedule", estimator=None, errorbar=None, ax=ax)  # dashes: overlaps stay visible
-    ax.set(xlabel="training step", ylabel=ylabel, title=title)
-    if len(schedules) > 1: sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-    fig.tight_layout()
     return fig
