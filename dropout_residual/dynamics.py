@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_dynamics.ipynb #a05a35fb
 from __future__ import annotations
-import contextlib, io, re
+import contextlib, functools, io, re
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -19,12 +19,12 @@ from .data import TokenData, shakespeare
 from .checkpoint import RunFolder, load_weights
 
 # %% auto #0
-__all__ = ['PROBE_FILE', 'COMPONENTS', 'CKA_COLUMNS', 'ANALYSIS_DIR', 'KEYS', 'linear_cka', 'proportional_effective_rank',
-           'condition_number', 'frobenius_norm', 'lowrank_svals', 'make_probe', 'save_probe', 'check_probe',
-           'load_probe', 'probe_for_run', 'Layout', 'GPTLayout', 'NeoXLayout', 'layout_for', 'forward_hooks',
-           'capture_activations', 'capture_gradients', 'matrix_metrics', 'analyse_checkpoints', 'analysis_checkpoints',
-           'check_analysis_state', 'load_analysis_state', 'convergence', 'layer_means', 'settling_steps',
-           'require_transformers', 'load_neox', 'pythia_convergence']
+__all__ = ['PROBE_FILE', 'COMPONENTS', 'CKA_COLUMNS', 'ANALYSIS_DIR', 'KEYS', 'CHANCE_OF', 'linear_cka', 'chance_cka',
+           'proportional_effective_rank', 'condition_number', 'frobenius_norm', 'lowrank_svals', 'make_probe',
+           'save_probe', 'check_probe', 'load_probe', 'probe_for_run', 'Layout', 'GPTLayout', 'NeoXLayout',
+           'layout_for', 'forward_hooks', 'capture_activations', 'capture_gradients', 'matrix_metrics',
+           'analyse_checkpoints', 'analysis_checkpoints', 'check_analysis_state', 'load_analysis_state', 'convergence',
+           'layer_means', 'settling_steps', 'require_transformers', 'load_neox', 'pythia_convergence']
 
 # %% ../nbs/08_dynamics.ipynb #a00f767e
 def _as_f64(x) -> torch.Tensor:
@@ -58,6 +58,15 @@ def linear_cka(x, y, debiased: bool = False) -> float:
     den = np.sqrt(xtx*yty)
     if not den > 0 or not np.isfinite(den): return float("nan")  # a constant input has no variation to compare
     return float(xty/den)
+
+# %% ../nbs/08_dynamics.ipynb #925616dd
+def chance_cka(n: int, p: int, q: int|None = None, debiased: bool = False, trials: int = 8, seed: int = 0) -> float:
+    "Mean linear CKA of independent standard-normal `(n, p)` and `(n, q)` matrices: the level CKA reaches by chance."
+    if n < 4 or p < 1 or (q is not None and q < 1) or trials < 1:
+        raise ValueError(f"n={n} (>= 4), p={p}, q={q} (>= 1) and trials={trials} (>= 1) are out of range")
+    rng = np.random.default_rng(seed)
+    return float(np.mean([linear_cka(rng.standard_normal((n, p)), rng.standard_normal((n, q or p)), debiased=debiased)
+                          for _ in range(trials)]))
 
 # %% ../nbs/08_dynamics.ipynb #c07c2ca2
 def _svals(w) -> torch.Tensor:
@@ -344,7 +353,13 @@ def matrix_metrics(weights: dict[int, dict[str, torch.Tensor]], grads: dict[int,
 
 # %% ../nbs/08_dynamics.ipynb #50325aef
 CKA_COLUMNS = ["model", "member", "layer", "component", "head", "step", "frac", "cka_to_final", "cka_debiased",
+               "cka_chance", "cka_debiased_chance",
                "per_weight", "per_grad", "norm_weight", "norm_grad", "cond_weight", "cond_grad"]
+
+@functools.lru_cache(maxsize=None)
+def _chance_at(n: int, width: int) -> dict:
+    "Chance CKA (biased and debiased) of independent activations of `n` rows and `width` features."
+    return {"cka_chance": chance_cka(n, width), "cka_debiased_chance": chance_cka(n, width, debiased=True) if n >= 4 else float("nan")}
 
 def _cka_rows(acts: dict, final: dict) -> list[dict]:
     rows = []
@@ -353,7 +368,7 @@ def _cka_rows(acts: dict, final: dict) -> list[dict]:
         for e in range(a.shape[0]):
             deb = linear_cka(a[e], f[e], debiased=True) if a.shape[1] >= 4 else float("nan")
             rows.append({"member": e, "layer": i, "component": comp, "head": h,
-                         "cka_to_final": linear_cka(a[e], f[e]), "cka_debiased": deb})
+                         "cka_to_final": linear_cka(a[e], f[e]), "cka_debiased": deb, **_chance_at(*a.shape[1:])})
     return rows
 
 def analyse_checkpoints(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]], probe: torch.Tensor, name: str = "model",
@@ -464,8 +479,11 @@ def layer_means(df: pd.DataFrame, by_head: bool = False) -> pd.DataFrame:
     out["head"] = -1
     return out
 
-def settling_steps(df: pd.DataFrame, threshold: float = 0.9, by_head: bool = False, column: str = "cka_to_final") -> pd.DataFrame:
-    "Per model, member, layer and component: the first step after which `column` stays >= `threshold` (settle_step, settle_frac)."
+CHANCE_OF = {"cka_to_final": "cka_chance", "cka_debiased": "cka_debiased_chance"}   # a CKA column -> its chance level
+
+def settling_steps(df: pd.DataFrame, threshold: float = 0.9, by_head: bool = False, column: str = "cka_debiased") -> pd.DataFrame:
+    "Per model, member, layer and component: the first step after which `column` stays >= `threshold` (settle_step, settle_frac, chance)."
+    if column not in df.columns: raise ValueError(f"column={column!r} is not in the table; CKA columns: {[c for c in df.columns if 'cka' in c]}")
     d = layer_means(df, by_head).sort_values("step")
     keys = KEYS + (["head"] if by_head else [])
     rows = []
@@ -477,6 +495,7 @@ def settling_steps(df: pd.DataFrame, threshold: float = 0.9, by_head: bool = Fal
         r["settle_step"] = int(g["step"].iloc[j]) if j < len(g) else np.nan
         r["settle_frac"] = float(g["frac"].iloc[j]) if j < len(g) else np.nan
         r["mean_per_weight"], r["mean_per_grad"] = g["per_weight"].mean(), g["per_grad"].mean()
+        r["chance"] = float(g[CHANCE_OF[column]].mean()) if CHANCE_OF.get(column) in g.columns else np.nan  # the level CKA reaches by chance here
         rows.append(r)
     return pd.DataFrame(rows)
 

@@ -308,9 +308,9 @@ def plot_cka_heatmap(df: pd.DataFrame, model: str|None = None, member: int = 0,
     fig.tight_layout()
     return fig
 
-def plot_settling(df: pd.DataFrame, threshold: float = 0.9, member: int|None = None) -> plt.Figure:
-    "Boxplots over layers of the settling fraction, per model (e.g. size) and component."
-    s = settling_steps(df, threshold)
+def plot_settling(df: pd.DataFrame, threshold: float = 0.9, member: int|None = None, column: str = "cka_debiased") -> plt.Figure:
+    "Boxplots over layers of the settling fraction (of `column`), per model (e.g. size) and component."
+    s = settling_steps(df, threshold, column=column)
     if member is not None: s = s[s["member"] == member]
     fig, ax = plt.subplots(figsize=(1.8*s["model"].nunique() + 3, 3.5))
     sns.boxplot(s, x="model", y="settle_frac", hue="component", ax=ax, showfliers=False)
@@ -346,13 +346,13 @@ def paper3_convergence(runs: pd.DataFrame, progress: bool|None = False, **kwargs
 
 # %% ../nbs/14_viz.ipynb #6c59568a
 def settling_summary(conv: pd.DataFrame, threshold: float = 0.9, confidence: float = 0.95,
-                     order: Sequence[str]|None = None) -> pd.DataFrame:
+                     order: Sequence[str]|None = None, column: str = "cka_debiased") -> pd.DataFrame:
     "Per size (label, in `order` or as first seen) and component: the layers' mean settling fraction per seed, then mean and t-interval over seeds."
     from dropout_residual.dynamics import COMPONENTS, settling_steps
     need = {"model", "label", "seed"}
     if not need <= set(conv.columns):
         raise ValueError(f"the table lacks columns {sorted(need - set(conv.columns))}: pass a table from viz.paper3_convergence")
-    s = settling_steps(conv, threshold).merge(conv[["model", "label", "seed"]].drop_duplicates("model"), on="model")
+    s = settling_steps(conv, threshold, column=column).merge(conv[["model", "label", "seed"]].drop_duplicates("model"), on="model")
     per_seed = (pd.concat([s.assign(component="all"), s]).groupby(["label", "component", "seed"], sort=False)["settle_frac"]
                 .mean().reset_index())
     rows = []
