@@ -15,7 +15,7 @@ from .store import RunSpec
 
 # %% auto #0
 __all__ = ['SWEEP_PRESETS', 'PAPER1', 'PAPER2', 'PAPER3', 'EXPERIMENTS', 'Configuration', 'Claim', 'Preset', 'Experiment',
-           'get_experiment', 'experiment_configs', 'experiment_runs']
+           'get_experiment', 'Hypothesis', 'experiment_configs', 'experiment_runs']
 
 # %% ../nbs/10_papers.ipynb #ef6d5c04
 SWEEP_PRESETS = ("smoke", "quick", "paper")
@@ -61,6 +61,8 @@ class Experiment:
     schedule_sites: tuple = ("embd", "attn", "proj", "mlp")  # sites a configuration's schedule drives
     baseline: str|None = None   # the configuration the others are compared with seed by seed (`paired_differences`)
     figures: tuple = ("best", "curves", "paired")   # what to draw of its results: names of `viz.FIGURES`
+    hypotheses: list = field(default_factory=list)  # the claims as paired tests (`Hypothesis`), set below
+    regime: dict = field(default_factory=dict)      # thresholds of the regime indicators (`stats.regime_indicators`)
 
     def __post_init__(self):
         if self.baseline is not None and self.baseline not in self.labels():
@@ -151,6 +153,39 @@ def get_experiment(name: str|Experiment) -> Experiment:
     if isinstance(name, Experiment): return name
     if name not in EXPERIMENTS: raise ValueError(f"experiment={name!r} is unknown{_closest(name, EXPERIMENTS)}")
     return EXPERIMENTS[name]
+
+# %% ../nbs/10_papers.ipynb #6a331c29
+@dataclass
+class Hypothesis:
+    "A claim of a paper as a paired test: `label` vs `baseline` on `metric`, seed by seed, in `direction`."
+    claim: str
+    label: str
+    baseline: str
+    direction: str = "<"          # "<": label lower than baseline; ">": higher; "=": within +-margin
+    margin: float = 0.0
+    metric: str = "best_val_loss"
+
+    def __post_init__(self):
+        if self.direction not in ("<", ">", "="): raise ValueError(f"direction={self.direction!r} must be '<', '>' or '='")
+
+_S1 = "skip1-attn0.2-mlp0-sd"
+PAPER1.hypotheses = [
+    Hypothesis("attention dropout 0.2 beats no dropout (skip-1)", f"{_S1}0", "skip1-attn0-mlp0-sd0"),
+    Hypothesis("skip-1 dropout 0.025 on top of attention 0.2 helps (the best skip-1)", f"{_S1}0.025", f"{_S1}0"),
+    Hypothesis("skip-2 with skip dropout 0.99 beats the best skip-1 (best overall)", "skip2-attn0.2-mlp0-sd0.99", f"{_S1}0.025"),
+    Hypothesis("skip-4 is worse than skip-1 (attention 0.2, no skip dropout)", "skip4-attn0.2-mlp0-sd0", f"{_S1}0", ">"),
+    Hypothesis("skip-4 is worse than skip-1 even with skip dropout 0.99", "skip4-attn0.2-mlp0-sd0.99", f"{_S1}0.025", ">"),
+    Hypothesis("the differences between the best configurations are marginal (within 0.01)", "skip2-attn0.2-mlp0-sd0.99",
+               f"{_S1}0.025", "=", margin=0.01)]
+PAPER2.hypotheses = [Hypothesis(f"the {s} schedule beats fixed dropout 0.2", s, "fixed")
+                     for s in ("linear", "exponential", "cosine", "adaptive")]
+_OVERFIT = {"max_val": 2.0, "min_gap": 0.1, "min_rise": 0.02}   # far below the bigram level (2.48), overfitting
+PAPER1.regime = {"no_dropout": "skip1-attn0-mlp0-sd0", **_OVERFIT}
+PAPER2.regime = {"no_dropout": "none", **_OVERFIT}
+PAPER3.regime = {"last_frac": 0.2, "tol": 0.01}   # the best val loss improves < 1% over the last 20% of training
+PAPER3.hypotheses = [
+    Hypothesis("the widest model's layers settle earlier than the narrowest's", "L6-w8", "L6-w1", metric="settle_frac"),
+    Hypothesis("the deepest model's layers settle earlier than the shallowest's", "L8-w2", "L2-w2", metric="settle_frac")]
 
 # %% ../nbs/10_papers.ipynb #b3be6cab
 def _fields(cfg) -> list[str]: return [f.name for f in dataclasses.fields(cfg)]

@@ -15,8 +15,9 @@ from .utils import _closest
 from .papers import Experiment, get_experiment
 
 # %% auto #0
-__all__ = ['VERDICTS', 't_interval', 'interval_row', 'summarise', 'paired_differences', 'baseline_pairs', 'verdict',
-           'claim_verdict', 'compare', 'compare_claims', 'to_markdown']
+__all__ = ['VERDICTS', 'VERDICT_COLUMNS', 't_interval', 'interval_row', 'summarise', 'paired_differences', 'baseline_pairs',
+           'verdict', 'claim_verdict', 'bigram_val_loss', 'regime_indicators', 'verdicts', 'compare', 'compare_claims',
+           'to_markdown']
 
 # %% ../nbs/11_stats.ipynb #e0aa748d
 def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
@@ -114,6 +115,69 @@ def claim_verdict(runs: pd.DataFrame, label: str, baseline: str, direction: str 
     return {"verdict": v, "effect": float(d["mean"]), "ci_low": float(d["ci_low"]), "ci_high": float(d["ci_high"]),
             "seeds": int(d["n"]), "wins": int(d["lower"]) if direction != ">" else int(d["n"] - d["lower"]),
             "in_regime": in_regime, "note": "; ".join(notes)}
+
+# %% ../nbs/11_stats.ipynb #5da218c8
+def bigram_val_loss(data) -> float:
+    "Cross-entropy (nats) on the val split of a bigram table fitted on the train split (add-one smoothing)."
+    V = data.vocab_size
+    tr, va = data.train.long().numpy(), data.val.long().numpy()
+    counts = np.ones((V, V)); np.add.at(counts, (tr[:-1], tr[1:]), 1)
+    logp = np.log(counts / counts.sum(1, keepdims=True))
+    return float(-logp[va[:-1], va[1:]].mean())
+
+# %% ../nbs/11_stats.ipynb #862403e2
+def _last_eval(h: pd.DataFrame) -> pd.DataFrame:
+    "Per run: its eval rows (val_loss known), in step order, member rows averaged per step."
+    return h.dropna(subset=["val_loss"]).groupby(["run_id", "step"], as_index=False)[["val_loss", "eval_train_loss"]].mean()
+
+def regime_indicators(experiment, histories: pd.DataFrame) -> pd.DataFrame:
+    "The experiment's regime indicators (name, value, threshold, ok, what) computed from the sweep's `histories`."
+    exp = get_experiment(experiment); r = exp.regime; rows = []
+    if not r: return pd.DataFrame(columns=["indicator", "value", "threshold", "ok", "what"])
+    ev = _last_eval(histories) if len(histories) else pd.DataFrame(columns=["run_id", "step", "val_loss", "eval_train_loss"])
+    if "no_dropout" in r:
+        ids = set(histories.loc[histories["label"] == r["no_dropout"], "run_id"]) if len(histories) else set()
+        per = [g for rid, g in ev.groupby("run_id") if rid in ids]
+        best = np.mean([g.val_loss.min() for g in per]) if per else math.nan
+        gap = np.mean([g.val_loss.iloc[-1] - g.eval_train_loss.iloc[-1] for g in per]) if per else math.nan
+        rise = np.mean([g.val_loss.iloc[-1] - g.val_loss.min() for g in per]) if per else math.nan
+        lab = r["no_dropout"]
+        rows += [("baseline_val", best, r["max_val"], best <= r["max_val"], f"{lab}: mean best val loss <= threshold"),
+                 ("overfit_gap", gap, r["min_gap"], gap >= r["min_gap"], f"{lab}: mean final val - train loss >= threshold"),
+                 ("val_rise", rise, r["min_rise"], rise >= r["min_rise"], f"{lab}: mean final - best val loss >= threshold")]
+    if "tol" in r:
+        worst = math.nan
+        for _, g in ev.groupby("run_id"):
+            cut = g.step.max() * (1 - r["last_frac"])
+            early, late = g[g.step <= cut].val_loss.min(), g[g.step > cut].val_loss.min()
+            gain = (early - min(early, late)) / early
+            worst = gain if math.isnan(worst) else max(worst, gain)
+        rows.append(("converged", worst, r["tol"], worst < r["tol"],
+                     f"every run: relative gain of the best val loss over the last {r['last_frac']:.0%} of training < threshold"))
+    df = pd.DataFrame(rows, columns=["indicator", "value", "threshold", "ok", "what"])
+    df["ok"] = df["ok"].astype(bool) & df["value"].notna()
+    return df
+
+# %% ../nbs/11_stats.ipynb #ddaed74c
+VERDICT_COLUMNS = ["paper", "claim", "verdict", "effect", "ci_low", "ci_high", "seeds", "wins", "preset", "in_regime", "regime", "note"]
+
+def verdicts(experiment, runs: pd.DataFrame, regime: pd.DataFrame|None = None, preset: str = "",
+             settle: pd.DataFrame|None = None, confidence: float = 0.95) -> pd.DataFrame:
+    "One row per claim of `experiment`: verdict, effect, interval, seeds, preset and the regime indicators."
+    exp = get_experiment(experiment)
+    ok = None if regime is None or not len(regime) else bool(regime["ok"].all())
+    why = "" if regime is None else "; ".join(f"{r.indicator}={r.value:.3g} (needs {'<=' if r.indicator == 'baseline_val' else ('<' if r.indicator == 'converged' else '>=')} {r.threshold:g})"
+                                              for r in regime.itertuples() if not r.ok)
+    summary = "" if regime is None else ", ".join(f"{r.indicator}={r.value:.3g}" for r in regime.itertuples())
+    rows = []
+    for h in exp.hypotheses:
+        table = settle if h.metric == "settle_frac" else runs
+        try: v = claim_verdict(table, h.label, h.baseline, h.direction, h.metric, h.margin, ok, why, confidence)
+        except (ValueError, KeyError, TypeError) as e:
+            v = {"verdict": "inconclusive", "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan, "seeds": 0, "wins": 0,
+                 "in_regime": ok, "note": f"not measured: {e}"}
+        rows.append({"paper": exp.name, "claim": h.claim, **v, "preset": preset, "regime": summary})
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 # %% ../nbs/11_stats.ipynb #428b269c
 def compare(experiment: str|Experiment, summary: pd.DataFrame, metric: str|None = None) -> pd.DataFrame:
