@@ -154,7 +154,7 @@ def get_experiment(name: str|Experiment) -> Experiment:
     if name not in EXPERIMENTS: raise ValueError(f"experiment={name!r} is unknown{_closest(name, EXPERIMENTS)}")
     return EXPERIMENTS[name]
 
-# %% ../nbs/10_papers.ipynb #6a331c29
+# %% ../nbs/10_papers.ipynb #6abf648a
 @dataclass
 class Hypothesis:
     "A claim of a paper as a paired test: `label` vs `baseline` on `metric`, seed by seed, in `direction`."
@@ -229,6 +229,7 @@ def experiment_runs(experiment: str|Experiment, preset: str = "smoke", seeds: in
         mc = {k: (type(v)(round(v * p.scale[k])) if k in p.scale else v) for k, v in c.model.items()}
         m, t = _replace(m0, mc, "model"), _replace(t0, c.train, "train")
         if overrides: m, t = apply_overrides(m, t, overrides)
+        if m.skip_mode == "add" and tuple(m.skips) == (1,): m = _replace(m, {"skip_mode": "replace"}, "model")  # see below
         sched = None
         if c.schedule:
             n = t.max_iters
