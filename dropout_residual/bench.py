@@ -15,24 +15,18 @@ import torch.nn.functional as F
 
 from .config import DROPOUT_SITES, GENERATE_WINDOWS, GPTConfig
 from .model import GPT
-from .utils import resolve_device
+from .utils import _jsonable, resolve_device, synchronize
 from .config import TrainConfig
 from .train import TrainState, autocast, compile_model, configure_optimizer, evaluate, measure_generation, resolve_dtype, setup_device, train_step, uses_cudagraphs
 
 # %% auto #0
-__all__ = ['PEAK_TFLOPS', 'SHAPES', 'GRIDS', 'synchronize', 'Timing', 'time_fns', 'time_fn', 'num_threads', 'device_name',
-           'environment', 'peak_flops', 'flops_per_token', 'mfu', 'ReferenceGPT', 'shape_configs', 'reference_for',
-           'compile_settings', 'bench_device', 'train_step_fn', 'reference_step_fn', 'random_batch', 'BenchResult',
-           'replace_members', 'bench_train', 'grid_runs', 'project_grid', 'bench_grid', 'generation_contexts',
-           'generation_flops', 'bench_generate']
+__all__ = ['PEAK_TFLOPS', 'SHAPES', 'GRIDS', 'Timing', 'time_fns', 'time_fn', 'num_threads', 'device_name', 'environment',
+           'peak_flops', 'flops_per_token', 'mfu', 'ReferenceGPT', 'shape_configs', 'reference_for', 'compile_settings',
+           'bench_device', 'train_step_fn', 'reference_step_fn', 'random_batch', 'BenchResult', 'replace_members',
+           'bench_train', 'grid_runs', 'project_grid', 'bench_grid', 'generation_contexts', 'generation_flops',
+           'bench_generate']
 
 # %% ../nbs/13_bench.ipynb #4730d4fb
-def synchronize(device: str|torch.device = "cpu") -> None:
-    "Wait for all queued work on `device` (a no-op on the CPU, whose ops are synchronous)."
-    device = torch.device(device)
-    if device.type == "cuda": torch.cuda.synchronize(device)
-    elif device.type == "mps": torch.mps.synchronize()
-
 @dataclass
 class Timing:
     "Seconds per call, one sample per repeat, with robust summaries."
@@ -281,15 +275,6 @@ def random_batch(vocab_size: int, shape: tuple, device, seed: int = 0) -> tuple[
     return ids[..., :-1].contiguous().to(device), ids[..., 1:].contiguous().to(device)
 
 # %% ../nbs/13_bench.ipynb #07781ce3
-def _jsonable(v):
-    if isinstance(v, dict): return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)): return [_jsonable(x) for x in v]
-    if isinstance(v, (np.floating, float)): return None if not math.isfinite(float(v)) else float(v)
-    if isinstance(v, np.integer): return int(v)
-    if isinstance(v, np.bool_): return bool(v)
-    if isinstance(v, (torch.dtype, torch.device)): return str(v).replace("torch.", "")
-    return v
-
 @dataclass
 class BenchResult:
     "A benchmark's table (for people), notes, and record (one JSON object of figures and settings)."

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import torch.nn as nn
 import glob, dataclasses
-import contextlib, difflib, json, os, sys, tempfile
+import contextlib, difflib, json, math, os, sys, tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -49,13 +49,16 @@ def remove_stale_writes(path: Path|str) -> list[Path]:
 
 # %% ../nbs/00_utils.ipynb #8ddb8138
 def _jsonable(o):
+    "`o` with what JSON cannot hold made plain: dataclasses, paths, numpy and torch scalars, dtypes, tensors; NaN and inf -> None."
     if dataclasses.is_dataclass(o) and not isinstance(o, type): return _jsonable(dataclasses.asdict(o))
     if isinstance(o, dict): return {str(k): _jsonable(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)): return [_jsonable(v) for v in o]
     if isinstance(o, Path): return str(o)
-    if isinstance(o, (np.integer,)): return int(o)
-    if isinstance(o, (np.floating,)): return float(o)
-    if isinstance(o, torch.Tensor): return o.tolist()
+    if isinstance(o, (bool, np.bool_)): return bool(o)
+    if isinstance(o, np.integer): return int(o)
+    if isinstance(o, (float, np.floating)): return float(o) if math.isfinite(float(o)) else None
+    if isinstance(o, (torch.dtype, torch.device)): return str(o).replace("torch.", "")
+    if isinstance(o, torch.Tensor): return _jsonable(o.tolist())
     return o
 
 def write_json(path: Path|str, obj) -> Path:
