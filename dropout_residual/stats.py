@@ -12,12 +12,13 @@ import pandas as pd
 from scipy import stats
 
 from .utils import _closest
+from .dynamics import settling_steps
 from .papers import Experiment, get_experiment
 
 # %% auto #0
 __all__ = ['VERDICTS', 'VERDICT_COLUMNS', 't_interval', 'interval_row', 'summarise', 'paired_differences', 'baseline_pairs',
-           'verdict', 'claim_verdict', 'bigram_val_loss', 'regime_indicators', 'verdicts', 'compare', 'compare_claims',
-           'to_markdown']
+           'verdict', 'claim_verdict', 'bigram_val_loss', 'regime_indicators', 'settle_by_seed', 'verdicts', 'compare',
+           'compare_claims', 'to_markdown']
 
 # %% ../nbs/11_stats.ipynb #e0aa748d
 def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
@@ -116,7 +117,7 @@ def claim_verdict(runs: pd.DataFrame, label: str, baseline: str, direction: str 
             "seeds": int(d["n"]), "wins": int(d["lower"]) if direction != ">" else int(d["n"] - d["lower"]),
             "in_regime": in_regime, "note": "; ".join(notes)}
 
-# %% ../nbs/11_stats.ipynb #5da218c8
+# %% ../nbs/11_stats.ipynb #75768f64
 def bigram_val_loss(data) -> float:
     "Cross-entropy (nats) on the val split of a bigram table fitted on the train split (add-one smoothing)."
     V = data.vocab_size
@@ -125,7 +126,7 @@ def bigram_val_loss(data) -> float:
     logp = np.log(counts / counts.sum(1, keepdims=True))
     return float(-logp[va[:-1], va[1:]].mean())
 
-# %% ../nbs/11_stats.ipynb #862403e2
+# %% ../nbs/11_stats.ipynb #dc80c70e
 def _last_eval(h: pd.DataFrame) -> pd.DataFrame:
     "Per run: its eval rows (val_loss known), in step order, member rows averaged per step."
     return h.dropna(subset=["val_loss"]).groupby(["run_id", "step"], as_index=False)[["val_loss", "eval_train_loss"]].mean()
@@ -158,7 +159,18 @@ def regime_indicators(experiment, histories: pd.DataFrame) -> pd.DataFrame:
     df["ok"] = df["ok"].astype(bool) & df["value"].notna()
     return df
 
-# %% ../nbs/11_stats.ipynb #ddaed74c
+# %% ../nbs/11_stats.ipynb #521d9734
+def settle_by_seed(conv: pd.DataFrame, threshold: float = 0.9, column: str = "cka_debiased") -> pd.DataFrame:
+    "Per label, seed and component (and `all`): the mean over layers of the settling fraction (label, seed, component, settle_frac, done)."
+    need = {"model", "label", "seed"}
+    if not need <= set(conv.columns):
+        raise ValueError(f"the table lacks columns {sorted(need - set(conv.columns))}: pass a table from viz.paper3_convergence")
+    s = settling_steps(conv, threshold, column=column).merge(conv[["model", "label", "seed"]].drop_duplicates("model"), on="model")
+    out = (pd.concat([s.assign(component="all"), s]).groupby(["label", "component", "seed"], sort=False)["settle_frac"]
+           .mean().reset_index())
+    return out.assign(done=True)
+
+# %% ../nbs/11_stats.ipynb #ed4dce63
 VERDICT_COLUMNS = ["paper", "claim", "verdict", "effect", "ci_low", "ci_high", "seeds", "wins", "preset", "in_regime", "regime", "note"]
 
 def verdicts(experiment, runs: pd.DataFrame, regime: pd.DataFrame|None = None, preset: str = "",
@@ -171,7 +183,7 @@ def verdicts(experiment, runs: pd.DataFrame, regime: pd.DataFrame|None = None, p
     summary = "" if regime is None else ", ".join(f"{r.indicator}={r.value:.3g}" for r in regime.itertuples())
     rows = []
     for h in exp.hypotheses:
-        table = settle if h.metric == "settle_frac" else runs
+        table = (settle[settle["component"] == "all"] if settle is not None else None) if h.metric == "settle_frac" else runs
         try: v = claim_verdict(table, h.label, h.baseline, h.direction, h.metric, h.margin, ok, why, confidence)
         except (ValueError, KeyError, TypeError) as e:
             v = {"verdict": "inconclusive", "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan, "seeds": 0, "wins": 0,

@@ -19,7 +19,7 @@ from pandas.io.formats.style import Styler
 
 from .utils import _closest, atomic_write_bytes
 from .papers import get_experiment
-from .stats import t_interval
+from .stats import interval_row, settle_by_seed, t_interval
 from .sweep import SweepResult
 from .config import DROPOUT_SITES, GPTConfig
 from .model import GPT
@@ -28,7 +28,7 @@ from .dynamics import COMPONENTS, KEYS, layer_means, settling_steps
 from .store import load_histories
 
 # %% auto #0
-__all__ = ['SMOKE_CONVERGENCE', 'FIGURES', 'save_figure', 'ci_errorbar', 'loss_long', 'plot_loss_curves', 'paper1_grid',
+__all__ = ['SMOKE_CONVERGENCE', 'FIGURES', 'save_figure', 'ci_errorbar', 'ci_err', 'loss_long', 'plot_loss_curves', 'paper1_grid',
            'reported_values', 'plot_val_heatmap', 'plot_schedules', 'plot_dropout_rates', 'plot_results', 'plot_curves',
            'plot_best_val', 'plot_paired', 'generation_speeds', 'plot_speed', 'plot_cka_heatmap', 'plot_settling',
            'plot_per_vs_cka', 'paper3_convergence', 'settling_summary', 'plot_settling_summary', 'runs_convergence',
@@ -53,6 +53,10 @@ def ci_errorbar(confidence: float = 0.95):
     def interval(values) -> tuple[float, float]: return t_interval(values, confidence)
     interval.__name__ = f"t_interval_{confidence:g}"
     return interval
+
+def ci_err(table: pd.DataFrame) -> list:
+    "Error-bar lengths `[below, above]` of each row's `mean` from its `ci_low`/`ci_high` (0 where there is no interval)."
+    return [(table["mean"] - table["ci_low"]).fillna(0).clip(lower=0), (table["ci_high"] - table["mean"]).fillna(0).clip(lower=0)]
 
 # %% ../nbs/14_viz.ipynb #5449cd70
 def loss_long(history: pd.DataFrame, train_column: str = "eval_train_loss", val_column: str = "val_loss",
@@ -148,7 +152,6 @@ def plot_val_heatmap(runs: pd.DataFrame, metric: str = "best_val_loss", row: str
 def plot_schedules(schedules: Mapping[str, Callable]|Sequence, steps: int = 5000, ax=None,
                    ylabel: str = "dropout rate", title: str|None = None):
     "One line per schedule (a dict label -> schedule, or a list) over steps 0..steps-1; returns the Figure."
-    import matplotlib.pyplot as plt, pandas as pd, seaborn as sns
     if not isinstance(schedules, Mapping):
         schedules = {(s.to_spec() if isinstance(s, DropoutSchedule) else repr(s)): s for s in schedules}
     steps = _check_int("steps", steps, 1)
@@ -188,12 +191,10 @@ def plot_dropout_rates(source, site: str = "attn", steps: int|None = None, hue: 
 # %% ../nbs/14_viz.ipynb #354ce4ff
 def plot_results(res: SweepResult):
     "Mean and 95% interval per configuration, the paper's value beside it; returns the Figure."
-    import matplotlib.pyplot as plt
     t = res.table
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(t) + 1.6))
     y = np.arange(len(t))
-    lo = (t["mean"] - t["ci_low"]).fillna(0).clip(lower=0); hi = (t["ci_high"] - t["mean"]).fillna(0).clip(lower=0)
-    ax.errorbar(t["mean"], y, xerr=[lo, hi], fmt="o", capsize=3, label="ours: mean (95% CI)")
+    ax.errorbar(t["mean"], y, xerr=ci_err(t), fmt="o", capsize=3, label="ours: mean (95% CI)")
     if t["paper"].notna().any(): ax.scatter(t["paper"], y, marker="x", color="red", zorder=3, label="paper")
     ax.set_yticks(y, t["label"], fontsize=8); ax.invert_yaxis()
     ax.set_xlabel(res.experiment.metric); ax.grid(axis="x", alpha=0.3); ax.legend(fontsize=8)
@@ -203,7 +204,6 @@ def plot_results(res: SweepResult):
 
 def plot_curves(res: SweepResult):
     "Validation loss over training steps, one line per configuration (mean over seeds); returns the Figure."
-    import matplotlib.pyplot as plt, seaborn as sns
     h = load_histories(res.runs)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if len(h):
@@ -238,8 +238,7 @@ def plot_paired(diffs: pd.DataFrame, metric: str = "best val loss", title: str|N
     d = diffs.reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(d) + 1.2))
     y = np.arange(len(d))
-    lo, hi = (d["mean"] - d["ci_low"]).fillna(0), (d["ci_high"] - d["mean"]).fillna(0)
-    ax.errorbar(d["mean"], y, xerr=[lo, hi], fmt="o", color="C0", capsize=3)
+    ax.errorbar(d["mean"], y, xerr=ci_err(d), fmt="o", color="C0", capsize=3)
     ax.axvline(0, color="0.4", lw=1, ls="--")
     ax.set_yticks(y, [f"{l}  ({w}/{n} lower)" for l, w, n in zip(d["label"], d["lower"], d["n"])])
     ax.invert_yaxis()
@@ -348,20 +347,12 @@ def paper3_convergence(runs: pd.DataFrame, progress: bool|None = False, **kwargs
 def settling_summary(conv: pd.DataFrame, threshold: float = 0.9, confidence: float = 0.95,
                      order: Sequence[str]|None = None, column: str = "cka_debiased") -> pd.DataFrame:
     "Per size (label, in `order` or as first seen) and component: the layers' mean settling fraction per seed, then mean and t-interval over seeds."
-    from dropout_residual.dynamics import COMPONENTS, settling_steps
-    need = {"model", "label", "seed"}
-    if not need <= set(conv.columns):
-        raise ValueError(f"the table lacks columns {sorted(need - set(conv.columns))}: pass a table from viz.paper3_convergence")
-    s = settling_steps(conv, threshold, column=column).merge(conv[["model", "label", "seed"]].drop_duplicates("model"), on="model")
-    per_seed = (pd.concat([s.assign(component="all"), s]).groupby(["label", "component", "seed"], sort=False)["settle_frac"]
-                .mean().reset_index())
+    per_seed = settle_by_seed(conv, threshold, column)
     rows = []
     for (label, comp), g in per_seed.groupby(["label", "component"], sort=False):
-        v = g["settle_frac"].to_numpy(dtype=float)
-        lo, hi = t_interval(v, confidence)
-        rows.append({"label": label, "component": comp, "n_seeds": len(v), "mean": float(v.mean()),
-                     "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan, "ci_low": lo, "ci_high": hi,
-                     "per_seed": [round(float(x), 3) for x in v]})
+        r = interval_row(g["settle_frac"], confidence)
+        rows.append({"label": label, "component": comp, "n_seeds": r["n"], **{k: r[k] for k in ("mean", "std", "ci_low", "ci_high")},
+                     "per_seed": [round(float(x), 3) for x in g["settle_frac"]]})
     out = pd.DataFrame(rows)
     seen = list(dict.fromkeys(conv["label"]))
     first = [l for l in (order or []) if l in seen]
@@ -381,8 +372,7 @@ def plot_settling_summary(summary: pd.DataFrame, components: Sequence[str] = ("a
     for j, comp in enumerate(comps):
         d = summary[summary["component"] == comp].set_index("label").reindex(labels)
         x = np.arange(len(labels)) + (j - (len(comps) - 1) / 2) * 0.18
-        err = [(d["mean"] - d["ci_low"]).fillna(0), (d["ci_high"] - d["mean"]).fillna(0)]
-        ax.errorbar(x, d["mean"], yerr=err, fmt="o", capsize=3, label=comp, color=f"C{j}")
+        ax.errorbar(x, d["mean"], yerr=ci_err(d), fmt="o", capsize=3, label=comp, color=f"C{j}")
     ax.set_xticks(np.arange(len(labels)), labels)
     ax.set_ylabel("settling fraction of training"); ax.set_ylim(0, 1.05)
     n = int(summary["n_seeds"].max())
@@ -486,7 +476,6 @@ def _member_view(model_or_config, member: int) -> tuple[GPTConfig, str, tuple, d
 
 def draw_topology(model_or_config: GPT|GPTConfig, member: int = 0, ax=None):
     "A matplotlib Figure of member `member`'s residual topology (blocks, skip-k paths, dropout rates)."
-    import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
     cfg, mode, skips, rates = _member_view(model_or_config, member)
     L = cfg.n_layer
