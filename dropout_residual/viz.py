@@ -4,11 +4,10 @@
 
 # %% ../nbs/14_viz.ipynb #8be396e6
 from __future__ import annotations
-from typing import Callable
-import functools, io, math, re
+import functools, io, re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
