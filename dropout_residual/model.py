@@ -14,6 +14,7 @@ from fastcore.basics import patch
 
 from .config import DROPOUT_SITES, GENERATE_WINDOWS, GPTConfig, Members, SKIP_MODES, _per_member
 from .layers import LayerKV, MemberEmbedding, MemberLayerNorm, MemberLinear, member_dropout, member_linear
+from .utils import eval_mode
 
 # %% auto #0
 __all__ = ['CausalSelfAttention', 'MLP', 'Block', 'GPT']
@@ -306,9 +307,7 @@ def generate(self: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: flo
     out = idx.new_empty(E, B, T0 + max_new_tokens)                # written in place, token by token (no growing cat)
     out[..., :T0] = idx
     keep = max(1, bs//2)                                          # tokens the 'slide' window keeps when it is full
-    was_training = self.training
-    self.eval()
-    try:
+    with eval_mode(self):
         kv, ws, cached_ws = None, 0, None                         # ws: where the model's window starts in `out`
         for L in range(T0, T0 + max_new_tokens):                   # L tokens so far
             if window == "exact": ws = max(0, L - bs)              # nanoGPT: the last block_size tokens, every step
@@ -322,7 +321,6 @@ def generate(self: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: flo
             else: h = self._hidden(out[..., L - 1:L], kv, L - 1 - ws)  # one new token at position L-1-ws
             logits = self._logits(h[:, :, -1:])[:, :, 0]          # (E, B, V)
             out[..., L] = _sample(logits, temperature, top_k, generator)
-    finally: self.train(was_training)
     return out
 
 def _sample(logits, temperature, top_k, generator):
