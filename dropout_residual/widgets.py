@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_widgets.ipynb #7f9f08c9
 from __future__ import annotations
-import html, os, shlex, time
+import html, os, shlex, time, traceback
 from pathlib import Path
 from typing import Sequence
 
@@ -172,10 +172,10 @@ def _on_group(self: ExperimentPanel, i: int, n: int, experiment: str, ids: Seque
 @patch
 def on_run(self: ExperimentPanel, button=None) -> SweepResult:
     "Train or resume the selected runs with `sweep`, redrawing after each member group; returns the `SweepResult`."
-    sel = self.selection()
     self.run_button.disabled = True
-    t0, ids = time.perf_counter(), self._selected_ids(sel)
     try:
+        sel = self.selection()
+        t0, ids = time.perf_counter(), self._selected_ids(sel)
         with self.log:
             if show_progress(self.progress): print(f"the same from a terminal: {self.command()}", flush=True)
             on_group = lambda i, n, g: self._on_group(i, n, sel["experiment"], ids, t0)
@@ -184,8 +184,12 @@ def on_run(self: ExperimentPanel, button=None) -> SweepResult:
         self.status.value = self._status_text(f"done: {len(self.result.runs)} runs, {self._n_groups} group(s) trained now, "
                                               f"in {time.perf_counter() - t0:.0f} s", "done")
         return self.result
-    except Exception as e:
-        self.status.value = self._status_text(f"error: {type(e).__name__}: {e}", "error")
+    except KeyboardInterrupt:   # Kernel > Interrupt: the runs keep their checkpoints; Run again resumes them
+        self.status.value = self._status_text("interrupted: finished runs and checkpoints are kept; press Run to resume", "error")
+        raise
+    except Exception as e:      # the cause in one line; the traceback goes to the log below the panel
+        self.status.value = self._status_text(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "error")
+        with self.log: traceback.print_exc()
         raise
     finally:
         self.run_button.disabled = False
