@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_schedules.ipynb #3653d7ba
 from __future__ import annotations
-import bisect, copy, difflib, math, operator
+import bisect, copy, math, operator
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -15,17 +15,13 @@ __all__ = ['NANOGPT_SITES', 'SITE_GROUPS', 'SCHEDULES', 'PYTHIA_STEPS', 'CosineL
            'simulate_schedule', 'log_spaced_steps']
 
 # %% ../nbs/05_schedules.ipynb #7dda66d9
+from .utils import _suggest
 from .config import DROPOUT_SITES
 
 NANOGPT_SITES = ("embd", "attn", "proj", "mlp")  # where nanoGPT (and paper 2) applies its one `dropout`
 SITE_GROUPS = {"all": DROPOUT_SITES, "nanogpt": NANOGPT_SITES}
 
 # %% ../nbs/05_schedules.ipynb #e287c647
-def _suggest(name: str, choices) -> str:
-    "' (did you mean X?)' for the closest of `choices`, or ''."
-    m = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {m[0]!r}?)" if m else ""
-
 def _check_int(name: str, v, minimum: int = 0) -> int:
     if isinstance(v, bool): raise ValueError(f"{name}={v!r} must be an integer >= {minimum}, not a bool")
     if isinstance(v, float) and v.is_integer(): v = int(v)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['atomic_write_bytes', 'remove_stale_writes', 'write_json', 'read_json', 'eval_mode', 'synchronize', 'resolve_device',
-           'show_progress']
+__all__ = ['atomic_write_bytes', 'remove_stale_writes', 'write_json', 'read_json', 'closest_name', 'eval_mode', 'synchronize',
+           'resolve_device', 'show_progress']
 
 # %% ../nbs/00_utils.ipynb #7e923ab5
 def _umask() -> int:
@@ -71,25 +71,29 @@ def read_json(path: Path|str) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); delete the file (its run will be trained again)") from None
 
-# %% ../nbs/00_utils.ipynb #590689f6
-def _suggest(name: str, choices) -> str:
-    "' (did you mean X?)' for the closest of `choices`, or ''."
-    m = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {m[0]!r}?)" if m else ""
+# %% ../nbs/00_utils.ipynb #efe95fec
+def closest_name(word, choices) -> str|None:
+    "The closest of `choices` to `word` (difflib, cutoff 0.5), or None."
+    m = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
+    return m[0] if m else None
 
-# %% ../nbs/00_utils.ipynb #4701423f
-def _closest(word: str, choices) -> str:
+def _closest(word, choices) -> str:
     "'; did you mean X?' for the closest of `choices`, else the list of choices."
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f"; choose one of: {', '.join(map(str, choices))}"
+    c = closest_name(word, choices)
+    return f"; did you mean {c!r}?" if c else f"; choose one of: {', '.join(map(str, choices))}"
 
-# %% ../nbs/00_utils.ipynb #52e27677
+def _suggest(word, choices) -> str:
+    "' (did you mean X?)' for the closest of `choices`, or ''."
+    c = closest_name(word, choices)
+    return f" (did you mean {c!r}?)" if c else ""
+
 def _check_keys(d: dict, cls):
+    "Refuse keys of `d` that are not fields of the dataclass `cls`, naming the closest field."
     names = [f.name for f in fields(cls)]
     for k in d:
         if k not in names:
-            close = difflib.get_close_matches(k, names, n=1)
-            raise ValueError(f"{cls.__name__} has no field {k!r}" + (f"; did you mean {close[0]!r}?" if close else f"; fields: {', '.join(names)}"))
+            c = closest_name(k, names)
+            raise ValueError(f"{cls.__name__} has no field {k!r}" + (f"; did you mean {c!r}?" if c else f"; fields: {', '.join(names)}"))
 
 # %% ../nbs/00_utils.ipynb #2c8b483f
 @contextlib.contextmanager
