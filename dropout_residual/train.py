@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .utils import resolve_device, show_progress, synchronize
 from .data import TokenData, shakespeare
 from .config import DROPOUT_SITES, GPTConfig
+from .layers import member_generators
 from .model import GPT
 from . import schedules as S
 from .config import COMPILE_MODES, TrainConfig
@@ -255,6 +256,7 @@ class TrainState:
     seeds: list[int] = field(default_factory=list)
     scheds: list|None = None             # one dropout schedule per member, or None
     gens: list[torch.Generator] = field(default_factory=list)  # one training-data generator per member
+    mask_gens: list[torch.Generator] = field(default_factory=list)  # one dropout-mask generator per member ([]: torch's RNG)
     lr_fn: S.CosineLR|None = None
     history: History = field(default_factory=History)
     step: int = 0                        # completed updates
@@ -303,7 +305,15 @@ def _resume(s: TrainState, data: TokenData):
     _set_rng_state(rs["rng"], s.device)
     for g, x in zip(s.gens, rs["data"]): g.set_state(x)
     for sch, x in zip(s.scheds or [], st["schedule_states"] or []): sch.load_state_dict(x)
+    for g, x in zip(s.mask_gens, rs.get("masks") or []): g.set_state(x)
     s.history, s.step, s.best, s.times = History(st["history"]), int(st["step"]), list(st["best_val"]), dict(st["times"])
+
+def _mask_generators(seeds: list[int], rank: int, device: torch.device, compiled: bool) -> list[torch.Generator]:
+    "One dropout-mask generator per member on `device`, seeded from the member's own seed (and rank)."
+    # torch.compile cannot trace a torch.Generator argument (a graph break at every dropout site, and a CUDA graph
+    # would replay one fixed mask): a compiled run draws its masks from torch's global RNG, seeded from seeds[0] below.
+    if compiled: return []
+    return [torch.Generator(device=device).manual_seed((x * 1_000_033 + 17 + rank * RANK_SEED_STRIDE) % 2**63) for x in seeds]
 
 def setup_or_resume(model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, scheds: list|None = None,
                     device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32, rank: int = 0,
@@ -317,7 +327,8 @@ def setup_or_resume(model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, sch
                    best=[float("inf")] * model_cfg.n_members, rank=rank, world=world, folder=folder, analysis=_analysis_steps(cfg),
                    configs={"model": asdict(model_cfg), "train": asdict(cfg),
                             "schedules": None if scheds is None else [x.to_dict() for x in scheds], "world_size": world})
-    torch.manual_seed((seeds[0] * 1_000_033 + 17 + rank) % 2**63)  # dropout masks (the CUDA RNG is seeded too)
+    s.mask_gens = _mask_generators(seeds, rank, device, cfg.compile)
+    torch.manual_seed((seeds[0] * 1_000_033 + 17 + rank) % 2**63)  # compiled runs' dropout masks (the CUDA RNG is seeded too)
     if resume and folder is not None and folder.ckpt.is_file(): _resume(s, data)
     elif s.writer is not None: s.writer.summary.unlink(missing_ok=True)
     if s.writer is not None:
@@ -352,7 +363,7 @@ def _set_rates(s: TrainState, it: int) -> tuple[float, dict]:
 def train_step(s: TrainState, x: torch.Tensor, y: torch.Tensor, prefetch=None) -> tuple[torch.Tensor, torch.Tensor, object]:
     "One update of every member on (x, y); returns the detached loss `(E,)`, grad norm `(E,)` and `prefetch()` (called after the forward)."
     if s.graphs: torch.compiler.cudagraph_mark_step_begin()
-    with autocast(s.device, s.dtype): _, loss = s.net(x, y)          # loss: (E,)
+    with autocast(s.device, s.dtype), member_generators(s.mask_gens): _, loss = s.net(x, y)   # loss: (E,); member e's masks from its generator
     nxt = prefetch() if prefetch is not None else None                # the next batch, drawn while the GPU works
     loss.sum().backward()                                             # DDP averages gradients here
     gnorm = clip_grad_norm_per_member(s.model.parameters(), s.cfg.grad_clip)  # after the all-reduce; 0: norms only
@@ -448,7 +459,7 @@ def _save(s: TrainState, rs: dict, kind: str = "ckpt"):
     if s.world > 1:
         import torch.distributed as dist
         all_rs = [None] * s.world
-        dist.all_gather_object(all_rs, {"rng": {k: v.cpu() for k, v in rs["rng"].items()}, "data": rs["data"]})
+        dist.all_gather_object(all_rs, {"rng": {k: v.cpu() for k, v in rs["rng"].items()}, "data": rs["data"], "masks": rs["masks"]})
     else: all_rs = [rs]
     bad = nonfinite_members(s.model)  # never write non-finite weights over the last good checkpoint
     if bad:
@@ -465,7 +476,7 @@ def _save_analysis(s: TrainState, step: int):
 
 def _boundary(s: TrainState, data_states: list) -> dict:
     "This rank's RNG and data-generator states at a step boundary: what a checkpoint of `s.step` updates holds."
-    return {"rng": _rng_state(s.device), "data": data_states}
+    return {"rng": _rng_state(s.device), "data": data_states, "masks": [g.get_state() for g in s.mask_gens]}
 
 def _agree_stop(s: TrainState, requested: bool, log_now: bool) -> bool:
     "Stop now? Under DDP every rank must stop at the same step: they agree at log steps only."
