@@ -5,6 +5,7 @@
 # %% ../nbs/06_checkpoint.ipynb #60e93e8e
 from __future__ import annotations
 from dataclasses import asdict
+import contextlib, hashlib, os
 import io
 import json
 import re
@@ -20,21 +21,47 @@ from .config import GPTConfig, TrainConfig
 from .model import GPT
 
 # %% auto #0
-__all__ = ['CheckpointError', 'save_checkpoint', 'load_checkpoint', 'RunFolder', 'load_weights', 'load_run']
+__all__ = ['CheckpointError', 'tensor_digests', 'save_checkpoint', 'load_checkpoint', 'RunFolder', 'corpus_identity',
+           'check_same_corpus', 'RunBusyError', 'check_finite', 'load_weights', 'load_run']
 
 # %% ../nbs/06_checkpoint.ipynb #abae3218
 class CheckpointError(ValueError):
     "A checkpoint file that cannot be read, or that belongs to another configuration."
 
+def _tensors(obj, name: str = ""):
+    "(name, tensor) for every tensor in nested dicts and lists, names like `model/wte.weight`."
+    if isinstance(obj, torch.Tensor): yield name, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items(): yield from _tensors(v, f"{name}/{k}" if name else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj): yield from _tensors(v, f"{name}/{i}")
+
+def tensor_digests(state: dict) -> dict[str, str]:
+    "sha256 of the bytes of every tensor in `state`, by name."
+    return {k: hashlib.sha256(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+            for k, t in _tensors(state)}
+
 def save_checkpoint(path: Path|str, state: dict) -> Path:
-    "Save `state` (tensors and plain Python values) atomically to `path`."
+    "Save `state` (tensors and plain Python values) atomically to `path`, with the digests of its tensors."
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save({**state, "digests": tensor_digests(state)}, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+def _verify(path: Path, state: dict) -> dict:
+    "`state` without its digests, after checking each tensor against the digest recorded when it was written."
+    saved = state.pop("digests", None)
+    if saved is None: return state                          # written before digests were recorded
+    now = tensor_digests(state)
+    for k in sorted(set(saved) | set(now)):
+        if saved.get(k) != now.get(k):
+            raise CheckpointError(f"checkpoint {path} is damaged: tensor {k} does not match the digest recorded when it "
+                                  f"was written; restore the file from a copy, or delete it to start over")
+    return state
 
 def load_checkpoint(path: Path|str, map_location="cpu", mmap: bool = False) -> dict:
     "Load a checkpoint written by `save_checkpoint` (`weights_only=True`; `mmap`: lazily); a corrupt file is a `CheckpointError` naming it."
     path = Path(path)
+    if path.is_dir(): raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file; move it away")
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {path} does not exist")
     try: state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
@@ -42,7 +69,7 @@ def load_checkpoint(path: Path|str, map_location="cpu", mmap: bool = False) -> d
                               f"delete it to start over, or restore it from a copy") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
-    return state
+    return _verify(path, state)
 
 # %% ../nbs/06_checkpoint.ipynb #b4ca4228
 _RESUME_FREE = {"max_iters", "device", "dtype", "compile", "compile_mode", "out_dir", "ckpt_interval", "log_interval",
@@ -57,9 +84,20 @@ def _check_same_run(path: Path, saved: dict, model_cfg: GPTConfig, train_cfg: Tr
             diffs.append(f"train.{k}: {saved['train_config'].get(k)!r} in the checkpoint vs {v!r} now")
     if _plain(saved.get("schedules")) != _plain(sched_dicts): diffs.append(f"schedules: {saved.get('schedules')} in the checkpoint vs {sched_dicts} now")
     if saved.get("world_size", 1) != world: diffs.append(f"world_size: {saved.get('world_size', 1)} in the checkpoint vs {world} now")
+    _check_length(path, saved, train_cfg)
     if diffs:
         raise CheckpointError(f"checkpoint {path} belongs to another configuration ({'; '.join(diffs)}); "
                               f"use another out_dir, or resume=False to start over there")
+
+def _check_length(path: Path, saved: dict, train_cfg: TrainConfig):
+    "Refuse a resume with another `max_iters`, unless an unfinished run grows with an explicit `lr_decay_iters` (the same lr)."
+    old, new, step = saved["train_config"].get("max_iters"), train_cfg.max_iters, int(saved.get("step", 0))
+    if old is None or old == new: return
+    if new > old and step < old and train_cfg.lr_decay_iters is not None: return   # the lr schedule does not move
+    why = ("a finished run" if step >= old else "an unfinished run") + (" cannot shrink" if new < old else
+          " cannot grow" + ("" if step >= old else " while lr_decay_iters follows max_iters (its lr schedule would jump)"))
+    raise CheckpointError(f"checkpoint {path} was trained with max_iters={old} (step {step}), now max_iters={new}: "
+                          f"{why}; train into a new --out (out_dir), or keep max_iters={old}")
 
 def _plain(v):
     "Tuples -> lists, recursively (JSON and checkpoints compare equal)."
@@ -133,6 +171,43 @@ def check_tokenizer(self: RunFolder, data: TokenData):
                               f"{saved.vocab_size} characters, the data given has {data.vocab_size} (or other ones); "
                               f"pass the run's own corpus, or resume=False to start over")
 
+# %% ../nbs/06_checkpoint.ipynb #5bf219f8
+def corpus_identity(data: TokenData) -> dict:
+    "What identifies a corpus: the sha256 of its train and val token ids, their sizes and its source."
+    h = lambda t: hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+    return {"train_sha256": h(data.train), "val_sha256": h(data.val), "train_tokens": len(data.train),
+            "val_tokens": len(data.val), "source": data.source}
+
+def check_same_corpus(path: Path|str, saved: dict|None, data: TokenData):
+    "Refuse `data` that is not the corpus `saved` (a checkpoint's 'corpus' entry) records; nothing to check without one."
+    if saved is None: return
+    now = corpus_identity(data)
+    if any(saved.get(k) != now[k] for k in ("train_sha256", "val_sha256", "train_tokens", "val_tokens")):
+        raise CheckpointError(f"checkpoint {path} was trained on another corpus: it records {saved.get('source')!r} "
+                              f"({saved.get('train_tokens')} train + {saved.get('val_tokens')} val tokens), the data given is "
+                              f"{now['source']!r} ({now['train_tokens']} + {now['val_tokens']}, other token ids); pass the "
+                              f"run's own corpus, or train into a new out_dir")
+
+# %% ../nbs/06_checkpoint.ipynb #14a33766
+class RunBusyError(RuntimeError):
+    "A run folder that another process is training right now."
+
+@patch
+@contextlib.contextmanager
+def lock(self: RunFolder):
+    "Hold the exclusive training lock of the run folder (a `flock` on the folder); a lock held elsewhere is a `RunBusyError`."
+    try: import fcntl
+    except ImportError: yield; return                # no flock on this platform: unlocked
+    self.path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(self.path, os.O_RDONLY)
+    try:
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusyError(f"run folder {self.path} is being trained by another process (it holds the folder's lock); "
+                               f"let it finish, or train into another out_dir (--out)") from None
+        yield
+    finally: os.close(fd)                            # closing the descriptor releases the lock
+
 # %% ../nbs/06_checkpoint.ipynb #e797bfca
 @patch
 def write_history(self: RunFolder, frame: pd.DataFrame, only_if_changed: bool = False) -> Path:
@@ -172,13 +247,22 @@ def analysis_files(self: RunFolder) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 # %% ../nbs/06_checkpoint.ipynb #857eac3b
+def check_finite(path: Path|str, weights: dict):
+    "Refuse weights with a NaN or infinite value, naming the checkpoint file and the tensor."
+    for k, t in weights.items():
+        if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"checkpoint {path} holds non-finite weights (NaN or inf) in tensor {k}; "
+                                  f"use an earlier checkpoint, or retrain the run")
+
 def load_weights(path: Path|str, mmap: bool = False) -> dict:
     "The state dict in a checkpoint file (its 'model' entry, or the file's dict itself); an error naming the file if it cannot be read."
     try: st = load_checkpoint(path, mmap=mmap)
     except (CheckpointError, FileNotFoundError) as e:
         raise CheckpointError(f"analysis checkpoint {path} cannot be read ({e}); delete it (the analysis uses the others) "
                               f"or retrain the run") from None
-    return st["model"] if isinstance(st.get("model"), dict) else st
+    w = st["model"] if isinstance(st.get("model"), dict) else st
+    check_finite(path, w)
+    return w
 
 @patch
 def analysis_model(self: RunFolder) -> GPT:
@@ -193,6 +277,14 @@ def analysis_model(self: RunFolder) -> GPT:
     return GPT(GPTConfig.from_dict(d), init=False)
 
 # %% ../nbs/06_checkpoint.ipynb #d086bf14
+def _check_config_matches(rf: RunFolder, cfg: dict, saved: dict|None):
+    "Refuse a config.json whose model config is not the one stored in ckpt.pt, naming both files and the field."
+    if saved is None: return
+    for k in sorted(set(cfg) | set(saved)):
+        if _plain(cfg.get(k)) != _plain(saved.get(k)):
+            raise CheckpointError(f"{rf.config} and {rf.ckpt} disagree on model.{k}: {cfg.get(k)!r} vs {saved.get(k)!r}; "
+                                  f"restore config.json from the run, or retrain it")
+
 def load_run(out_dir: Path|str, device: str|torch.device = "cpu") -> tuple[GPT, CharTokenizer, dict]:
     "The trained model (eval mode), tokenizer and configs (`{'model': GPTConfig, 'train': TrainConfig, 'schedules': [...]}`) of a run folder."
     rf = RunFolder(out_dir)
@@ -200,6 +292,8 @@ def load_run(out_dir: Path|str, device: str|torch.device = "cpu") -> tuple[GPT, 
     mcfg = GPTConfig.from_dict(cfgs["model"])
     tcfg = TrainConfig.from_dict(cfgs["train"])
     st = rf.load_ckpt()
+    _check_config_matches(rf, cfgs["model"], st.get("model_config"))
+    check_finite(rf.ckpt, st["model"])
     model = GPT(mcfg)
     model.load_state_dict(st["model"])
     model.to(resolve_device(str(device))).eval()
