@@ -171,7 +171,7 @@ def check_tokenizer(self: RunFolder, data: TokenData):
                               f"{saved.vocab_size} characters, the data given has {data.vocab_size} (or other ones); "
                               f"pass the run's own corpus, or resume=False to start over")
 
-# %% ../nbs/06_checkpoint.ipynb #ecf1fea7
+# %% ../nbs/06_checkpoint.ipynb #acff7183
 def corpus_identity(data: TokenData) -> dict:
     "What identifies a corpus: the sha256 of its train and val token ids, their sizes and its source."
     h = lambda t: hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
@@ -188,7 +188,7 @@ def check_same_corpus(path: Path|str, saved: dict|None, data: TokenData):
                               f"{now['source']!r} ({now['train_tokens']} + {now['val_tokens']}, other token ids); pass the "
                               f"run's own corpus, or train into a new out_dir")
 
-# %% ../nbs/06_checkpoint.ipynb #3ebb52c4
+# %% ../nbs/06_checkpoint.ipynb #b5834be3
 class RunBusyError(RuntimeError):
     "A run folder that another process is training right now."
 
@@ -205,6 +205,7 @@ def lock(self: RunFolder):
         except BlockingIOError:
             raise RunBusyError(f"run folder {self.path} is being trained by another process (it holds the folder's lock); "
                                f"let it finish, or train into another out_dir (--out)") from None
+        except OSError: pass                         # a file system without flock on folders (some NFS): unlocked
         yield
     finally: os.close(fd)                            # closing the descriptor releases the lock
 

@@ -324,7 +324,9 @@ def _resume(s: TrainState, data: TokenData):
     _set_rng_state(rs["rng"], s.device)
     for g, x in zip(s.gens, rs["data"]): g.set_state(x)
     for sch, x in zip(s.scheds or [], st["schedule_states"] or []): sch.load_state_dict(x)
-    for g, x in zip(s.mask_gens, rs.get("masks") or []): g.set_state(x)
+    masks = rs.get("masks") or []
+    if not masks: s.mask_gens = []   # begun drawing masks from torch's global RNG (before per-member generators, or compiled): keep on
+    for g, x in zip(s.mask_gens, masks): g.set_state(x)
     s.history, s.step, s.best, s.times = History(st["history"]), int(st["step"]), list(st["best_val"]), dict(st["times"])
 
 def _mask_generators(seeds: list[int], rank: int, device: torch.device, compiled: bool) -> list[torch.Generator]:

@@ -27,7 +27,8 @@ def test_a_members_numbers_do_not_depend_on_its_group(ds):
     (wa, ha), (wg, hg) = _member(_run(ds, [11, 4], (0.2, 0.1)), 0), _member(_run(ds, [3, 5, 11], (0.0, 0.4, 0.2)), 2)
     for k in wa: assert torch.equal(wa[k], wg[k]), k
     pd.testing.assert_frame_equal(ha, hg)
-    # alone (E=1) the matmuls take F.linear instead of bmm, so only rounding differs: the masks are the same ones
+    # alone (E=1) the layers take their E == 1 shortcuts (F.linear, not bmm), so rounding differs (without those
+    # shortcuts it is bitwise equal too); the masks are the same ones: a different mask would move the weights far more
     wo, ho = _member(_run(ds, [11], 0.2), 0)
     for k in wa: torch.testing.assert_close(wo[k], wg[k], rtol=0, atol=1e-6)
     pd.testing.assert_frame_equal(ho, hg, rtol=1e-5)
@@ -83,8 +84,8 @@ def test_nan_weights_in_an_analysis_checkpoint_blame_the_file_and_tensor(tmp_pat
     from bad_inputs import edit_ckpt
     run = run_copy(tmp_path)
     f = CK.RunFolder(run).analysis_files()[4]
-    edit_ckpt(f, lambda st: st["model"]["lm_head.weight" if "lm_head.weight" in st["model"] else "wte.weight"].fill_(float("inf")))
-    with pytest.raises(CK.CheckpointError, match=f"checkpoint {f} holds non-finite weights .* in tensor"): CK.load_weights(f)
+    edit_ckpt(f, lambda st: st["model"]["wte.weight"].view(-1)[3].fill_(float("inf")))
+    with pytest.raises(CK.CheckpointError, match=f"checkpoint {f} holds non-finite weights .* in tensor wte.weight"): CK.load_weights(f)
 
 def test_sample_on_an_unfinished_run_says_where_it_stopped(tmp_path):
     import contextlib, io
@@ -155,3 +156,24 @@ def test_stale_torchrun_variables_time_out_naming_them(tmp_path, rank):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     for v in (f"RANK={rank}", "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1", f"MASTER_PORT={port}", T.DIST_TIMEOUT_ENV):
         assert v in r.stderr, (v, r.stderr)
+
+def test_a_run_begun_with_global_rng_masks_resumes_them_bitwise(tmp_path, monkeypatch):
+    "A checkpoint written before per-member mask generators (no 'masks' entry) continues with torch's global RNG, bitwise."
+    from fixtures import tiny_configs, tiny_data
+    m, t = tiny_configs(model=dict(n_members=2, attn_dropout=0.1, embd_dropout=0.1), max_iters=8, seed=[3, 11], **TINY)
+    monkeypatch.setattr(T, "_mask_generators", lambda *a: [])           # the masks as the trainer drew them before
+    old = T.train(m, t, data=tiny_data(), progress=False)
+    orig, calls = T.clip_grad_norm_per_member, {"n": 0}
+    def stop_at_step_4(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5: raise KeyboardInterrupt
+        return orig(*a, **k)
+    monkeypatch.setattr(T, "clip_grad_norm_per_member", stop_at_step_4)
+    with pytest.raises(KeyboardInterrupt): T.train(m, t, data=tiny_data(), out_dir=tmp_path, progress=False)
+    monkeypatch.undo()
+    from bad_inputs import edit_ckpt
+    edit_ckpt(tmp_path/"ckpt.pt", lambda st: [rs.pop("masks") for rs in st["rank_states"]])   # as an older trainer wrote it
+    resumed = T.train(m, t, data=tiny_data(), out_dir=tmp_path, progress=False)
+    for k, v in old.model.state_dict().items(): assert torch.equal(v, resumed.model.state_dict()[k]), k
+    new = T.train(m, t, data=tiny_data(), progress=False)                 # a fresh run draws per-member masks: other numbers
+    assert not all(torch.equal(v, new.model.state_dict()[k]) for k, v in old.model.state_dict().items())
