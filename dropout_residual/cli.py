@@ -41,9 +41,9 @@ def _cmd_train(args) -> int:
     try:
         res = train(model_cfg, train_cfg, data, schedules=args.schedule or schedules, out_dir=out,
                     resume=args.resume, progress=False if args.quiet else None)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"dropout-residual train: interrupted; run the same command again to resume from {out}/ckpt.pt", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)                   # train.Terminated (SIGTERM): 143
     if res.out_dir is None or _rank() == 0:
         for m in res.summary["members"]:
             print(f"member {m['member']} (seed {m['seed']}): final train loss {m['final_train_loss']:.4f}, "
@@ -59,8 +59,11 @@ def _rank() -> int:
 def _cmd_sample(args) -> int:
     import torch
     from dropout_residual.checkpoint import load_run
-    model, tok, cfgs = load_run(args.run, device=args.device)
-    E = model.n_members
+    model, tok, cfgs = load_run(args.run, device=args.device)    # NaN weights: an error naming ckpt.pt and the tensor
+    E, n = model.n_members, cfgs["train"].max_iters
+    if cfgs["step"] < n:
+        print(f"dropout-residual sample: note: run {args.run} is unfinished, it stopped at step {cfgs['step']} of {n}; "
+              f"sampling from that checkpoint (train it again with the same command to finish it)", file=sys.stderr)
     if args.member is not None and not 0 <= args.member < E:
         raise ValueError(f"--member {args.member} is out of range: the run has n_members={E} (0..{E - 1})")
     if not args.prompt: raise ValueError("--prompt is empty: give at least one character to start from (default: a newline)")
@@ -243,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/17_cli.ipynb #3831c9ec
 def main(argv: list[str]|None = None) -> int:
-    "Entry point of `dropout-residual`; errors in user input print one clear line and exit 2, a busy group exits 75."
+    "Entry point of `dropout-residual`; errors in user input print one clear line and exit 2, a busy group or run folder exits 75."
     args = build_parser().parse_args(argv)
     try: return args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as e:
@@ -252,6 +255,7 @@ def main(argv: list[str]|None = None) -> int:
         return 2
     except RuntimeError as e:
         from dropout_residual.sweep import GroupBusyError
-        if not isinstance(e, GroupBusyError): raise
+        from dropout_residual.checkpoint import RunBusyError
+        if not isinstance(e, (GroupBusyError, RunBusyError)): raise
         print(f"dropout-residual {args.command}: {e}", file=sys.stderr)
         return 75                                    # EX_TEMPFAIL: try again later

@@ -4,13 +4,15 @@
 
 # %% ../nbs/03_layers.ipynb #0c269725
 from __future__ import annotations
+import contextlib
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
 # %% auto #0
-__all__ = ['member_linear', 'MemberLinear', 'MemberLayerNorm', 'MemberEmbedding', 'member_dropout', 'LayerKV']
+__all__ = ['member_linear', 'MemberLinear', 'MemberLayerNorm', 'MemberEmbedding', 'member_generators', 'member_dropout',
+           'LayerKV']
 
 # %% ../nbs/03_layers.ipynb #b14d4c83
 def member_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor|None = None) -> torch.Tensor:
@@ -60,11 +62,29 @@ class MemberEmbedding(nn.Module):
     def extra_repr(self): E, N, C = self.weight.shape; return f"E={E}, num={N}, dim={C}"
 
 # %% ../nbs/03_layers.ipynb #9bec6ae6
+_MEMBER_GENS: list[torch.Generator]|None = None   # set by `member_generators`: member e's masks come from _MEMBER_GENS[e]
+
+@contextlib.contextmanager
+def member_generators(gens: list[torch.Generator]|None):
+    "Inside the block member e's dropout masks are drawn from `gens[e]` (None or []: from torch's global RNG)."
+    global _MEMBER_GENS
+    old, _MEMBER_GENS = _MEMBER_GENS, (list(gens) if gens else None)
+    try: yield
+    finally: _MEMBER_GENS = old
+
+def _uniform(x: torch.Tensor) -> torch.Tensor:
+    "Float32 uniforms of x's shape: member e's from its own generator when `member_generators` set them."
+    gens = _MEMBER_GENS
+    if gens is None: return torch.rand(x.shape, device=x.device)
+    if len(gens) != x.shape[0]:
+        raise ValueError(f"member_generators holds {len(gens)} generators but x has {x.shape[0]} members; pass one per member")
+    return torch.stack([torch.rand(x.shape[1:], device=x.device, generator=g) for g in gens])
+
 def member_dropout(x: torch.Tensor, p: torch.Tensor|None) -> torch.Tensor:
     "Inverted dropout of x (E, ...) with member e's rate p[e]; `p=None` is the identity."
     if p is None: return x
     p = p.view(-1, *(1,)*(x.dim() - 1))                                       # (E, 1, ...)
-    keep = torch.rand(x.shape, device=x.device) >= p                          # float32 draws, also under bf16
+    keep = _uniform(x) >= p                                                   # float32 draws, also under bf16
     return x*keep*(1.0/(1.0 - p)).to(x.dtype)
 
 # %% ../nbs/03_layers.ipynb #ec7e7fa1

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #df909b18
 from __future__ import annotations
-import contextlib, math, os, signal, statistics, threading, time
+import contextlib, datetime, math, os, signal, statistics, threading, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 
@@ -17,16 +17,18 @@ from tqdm.auto import tqdm
 from .utils import resolve_device, show_progress, synchronize
 from .data import TokenData, shakespeare
 from .config import DROPOUT_SITES, GPTConfig
+from .layers import member_generators
 from .model import GPT
 from . import schedules as S
 from .config import COMPILE_MODES, TrainConfig
-from .checkpoint import RunFolder, _check_same_run
+from .checkpoint import RunFolder, _check_same_run, check_same_corpus, corpus_identity
 
 # %% auto #0
-__all__ = ['RANK_SEED_STRIDE', 'HISTORY_COLUMNS', 'resolve_dtype', 'autocast', 'compile_model', 'uses_cudagraphs', 'setup_device',
-           'configure_optimizer', 'clip_grad_norm_per_member', 'member_schedules', 'dropout_rates_at', 'History',
-           'TrainResult', 'NonFiniteLossError', 'nonfinite_members', 'evaluate', 'TrainState', 'setup_or_resume',
-           'draw', 'train_step', 'LossLog', 'train', 'measure_generation']
+__all__ = ['RANK_SEED_STRIDE', 'DIST_TIMEOUT_ENV', 'HISTORY_COLUMNS', 'resolve_dtype', 'autocast', 'compile_model',
+           'uses_cudagraphs', 'setup_device', 'configure_optimizer', 'clip_grad_norm_per_member', 'member_schedules',
+           'dropout_rates_at', 'History', 'TrainResult', 'NonFiniteLossError', 'nonfinite_members', 'evaluate',
+           'Terminated', 'TrainState', 'setup_or_resume', 'draw', 'train_step', 'LossLog', 'train',
+           'measure_generation']
 
 # %% ../nbs/07_train.ipynb #8f7c13c3
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -107,6 +109,8 @@ def _dist_info() -> tuple[int, int, int]:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     return 0, 1, 0
 
+DIST_TIMEOUT_ENV = "DROPOUT_RESIDUAL_DIST_TIMEOUT"   # seconds to wait for the other ranks (default 60)
+
 def _dist_setup(device: torch.device) -> tuple[int, int, torch.device, bool]:
     "Join the process group when launched by torchrun; returns (rank, world, device, started_here)."
     rank, world, local = _dist_info()
@@ -117,7 +121,13 @@ def _dist_setup(device: torch.device) -> tuple[int, int, torch.device, bool]:
         torch.cuda.set_device(device)
     started = False
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        timeout = float(os.environ.get(DIST_TIMEOUT_ENV, 60))
+        try: dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout))
+        except Exception as e:
+            env = " ".join(f"{k}={os.environ.get(k)}" for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+            raise ValueError(f"could not join the process group within {timeout:g} s ({env}; {type(e).__name__}): stale "
+                             f"torchrun variables? unset them to train in one process, or set {DIST_TIMEOUT_ENV} "
+                             f"to wait longer") from None
         started = True
     return dist.get_rank(), dist.get_world_size(), device, started
 
@@ -224,19 +234,27 @@ def _analysis_steps(cfg: TrainConfig) -> set[int]:
     return set(cfg.analysis_ckpts)
 
 # %% ../nbs/07_train.ipynb #bfd24f13
+class Terminated(KeyboardInterrupt):
+    "The run got SIGTERM: it stops as for Ctrl-C (a checkpoint at the step boundary); the command line exits 143."
+    exit_code = 143
+
 class _Interrupt:
-    "Defers SIGINT to the end of the current step (main thread only); a second Ctrl-C interrupts at once."
-    def __init__(self): self.requested, self._old = False, None
+    "Defers SIGINT and SIGTERM to the end of the current step (main thread only); a second signal interrupts at once."
+    def __init__(self): self.requested, self.signum, self._old = False, None, {}
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            try: self._old = signal.signal(signal.SIGINT, self._handler)
-            except (ValueError, OSError): self._old = None
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try: self._old[sig] = signal.signal(sig, self._handler)
+                except (ValueError, OSError): pass
         return self
     def _handler(self, signum, frame):
-        if self.requested: raise KeyboardInterrupt
-        self.requested = True
+        if self.requested: raise self.error()
+        self.requested, self.signum = True, signum
+    def error(self) -> KeyboardInterrupt:
+        "What the run raises: `Terminated` for SIGTERM, else `KeyboardInterrupt`."
+        return Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
     def __exit__(self, *exc):
-        if self._old is not None: signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items(): signal.signal(sig, old)
         return False
 
 # %% ../nbs/07_train.ipynb #9bfb9603
@@ -255,6 +273,7 @@ class TrainState:
     seeds: list[int] = field(default_factory=list)
     scheds: list|None = None             # one dropout schedule per member, or None
     gens: list[torch.Generator] = field(default_factory=list)  # one training-data generator per member
+    mask_gens: list[torch.Generator] = field(default_factory=list)  # one dropout-mask generator per member ([]: torch's RNG)
     lr_fn: S.CosineLR|None = None
     history: History = field(default_factory=History)
     step: int = 0                        # completed updates
@@ -267,6 +286,7 @@ class TrainState:
     analysis: set[int] = field(default_factory=set)  # steps of the analysis checkpoints
     rates: dict|None = None              # the dropout rates set on the model
     in_update: bool = False              # inside opt.step: an interrupt now cannot be checkpointed
+    corpus: dict|None = None             # `corpus_identity` of the training data (a checkpoint records it)
 
     def __post_init__(self):
         if self.net is None: self.net = self.model
@@ -290,20 +310,31 @@ def _checkpoint_state(s: TrainState, rank_states: list[dict], kind: str) -> dict
             "schedule_states": None if s.scheds is None else [x.state_dict() for x in s.scheds],
             "history": s.history.to_dict(), "step": s.step, "best_val": list(s.best), "times": dict(s.times),
             "model_config": s.configs["model"], "train_config": s.configs["train"], "schedules": s.configs["schedules"],
-            "world_size": s.world, "kind": kind}
+            "world_size": s.world, "kind": kind, "corpus": s.corpus}
 
 def _resume(s: TrainState, data: TokenData):
     "Restore `s` from its run folder's ckpt.pt, refusing a checkpoint of another run or corpus."
     st = s.folder.load_ckpt()
-    _check_same_run(s.folder.ckpt, st, s.model_cfg, s.cfg, s.configs["schedules"], s.world)
     s.folder.check_tokenizer(data)
+    check_same_corpus(s.folder.ckpt, st.get("corpus"), data)
+    _check_same_run(s.folder.ckpt, st, s.model_cfg, s.cfg, s.configs["schedules"], s.world)
     s.model.load_state_dict(st["model"])
     s.opt.load_state_dict(st["optimizer"])
     rs = st["rank_states"][s.rank]
     _set_rng_state(rs["rng"], s.device)
     for g, x in zip(s.gens, rs["data"]): g.set_state(x)
     for sch, x in zip(s.scheds or [], st["schedule_states"] or []): sch.load_state_dict(x)
+    masks = rs.get("masks") or []
+    if not masks: s.mask_gens = []   # begun drawing masks from torch's global RNG (before per-member generators, or compiled): keep on
+    for g, x in zip(s.mask_gens, masks): g.set_state(x)
     s.history, s.step, s.best, s.times = History(st["history"]), int(st["step"]), list(st["best_val"]), dict(st["times"])
+
+def _mask_generators(seeds: list[int], rank: int, device: torch.device, compiled: bool) -> list[torch.Generator]:
+    "One dropout-mask generator per member on `device`, seeded from the member's own seed (and rank)."
+    # torch.compile cannot trace a torch.Generator argument (a graph break at every dropout site, and a CUDA graph
+    # would replay one fixed mask): a compiled run draws its masks from torch's global RNG, seeded from seeds[0] below.
+    if compiled: return []
+    return [torch.Generator(device=device).manual_seed((x * 1_000_033 + 17 + rank * RANK_SEED_STRIDE) % 2**63) for x in seeds]
 
 def setup_or_resume(model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, scheds: list|None = None,
                     device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32, rank: int = 0,
@@ -317,7 +348,9 @@ def setup_or_resume(model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, sch
                    best=[float("inf")] * model_cfg.n_members, rank=rank, world=world, folder=folder, analysis=_analysis_steps(cfg),
                    configs={"model": asdict(model_cfg), "train": asdict(cfg),
                             "schedules": None if scheds is None else [x.to_dict() for x in scheds], "world_size": world})
-    torch.manual_seed((seeds[0] * 1_000_033 + 17 + rank) % 2**63)  # dropout masks (the CUDA RNG is seeded too)
+    s.mask_gens, s.corpus = _mask_generators(seeds, rank, device, cfg.compile), corpus_identity(data)
+    torch.manual_seed((seeds[0] * 1_000_033 + 17 + rank) % 2**63)  # compiled runs' dropout masks (the CUDA RNG is seeded too)
+    if folder is not None and folder.ckpt.is_dir(): folder.load_ckpt()   # a directory: refused, naming it
     if resume and folder is not None and folder.ckpt.is_file(): _resume(s, data)
     elif s.writer is not None: s.writer.summary.unlink(missing_ok=True)
     if s.writer is not None:
@@ -352,7 +385,7 @@ def _set_rates(s: TrainState, it: int) -> tuple[float, dict]:
 def train_step(s: TrainState, x: torch.Tensor, y: torch.Tensor, prefetch=None) -> tuple[torch.Tensor, torch.Tensor, object]:
     "One update of every member on (x, y); returns the detached loss `(E,)`, grad norm `(E,)` and `prefetch()` (called after the forward)."
     if s.graphs: torch.compiler.cudagraph_mark_step_begin()
-    with autocast(s.device, s.dtype): _, loss = s.net(x, y)          # loss: (E,)
+    with autocast(s.device, s.dtype), member_generators(s.mask_gens): _, loss = s.net(x, y)   # loss: (E,); member e's masks from its generator
     nxt = prefetch() if prefetch is not None else None                # the next batch, drawn while the GPU works
     loss.sum().backward()                                             # DDP averages gradients here
     gnorm = clip_grad_norm_per_member(s.model.parameters(), s.cfg.grad_clip)  # after the all-reduce; 0: norms only
@@ -448,7 +481,7 @@ def _save(s: TrainState, rs: dict, kind: str = "ckpt"):
     if s.world > 1:
         import torch.distributed as dist
         all_rs = [None] * s.world
-        dist.all_gather_object(all_rs, {"rng": {k: v.cpu() for k, v in rs["rng"].items()}, "data": rs["data"]})
+        dist.all_gather_object(all_rs, {"rng": {k: v.cpu() for k, v in rs["rng"].items()}, "data": rs["data"], "masks": rs["masks"]})
     else: all_rs = [rs]
     bad = nonfinite_members(s.model)  # never write non-finite weights over the last good checkpoint
     if bad:
@@ -465,7 +498,7 @@ def _save_analysis(s: TrainState, step: int):
 
 def _boundary(s: TrainState, data_states: list) -> dict:
     "This rank's RNG and data-generator states at a step boundary: what a checkpoint of `s.step` updates holds."
-    return {"rng": _rng_state(s.device), "data": data_states}
+    return {"rng": _rng_state(s.device), "data": data_states, "masks": [g.get_state() for g in s.mask_gens]}
 
 def _agree_stop(s: TrainState, requested: bool, log_now: bool) -> bool:
     "Stop now? Under DDP every rank must stop at the same step: they agree at log steps only."
@@ -491,9 +524,12 @@ def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = N
     dtype = resolve_dtype(cfg.dtype, device)
     setup_device(device)
     folder = RunFolder(out_dir or cfg.out_dir) if (out_dir or cfg.out_dir) else None
-    if rank == 0 and folder is not None: folder.remove_stale()   # temp files of a writer killed mid-save
     progress = show_progress(progress) and rank == 0
+    held = contextlib.ExitStack()
     try:
+        if rank == 0 and folder is not None:
+            held.enter_context(folder.lock())              # one trainer per run folder: a second one fails at once
+            folder.remove_stale()                          # temp files of a writer killed mid-save
         s = setup_or_resume(model_cfg, cfg, data, scheds, device, dtype, rank, world, folder, resume)
         log = LossLog(s, tqdm(total=cfg.max_iters, initial=s.step, desc="train", dynamic_ncols=True) if progress else None)
         s.model.train()
@@ -503,7 +539,7 @@ def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = N
             try:
                 while True:
                     boundary, s.in_update = _boundary(s, states), False
-                    if stop: raise KeyboardInterrupt
+                    if stop: raise intr.error()
                     if s.step >= cfg.max_iters: break
                     it = s.step
                     if it % cfg.eval_interval == 0: _eval_at(s, data, log, it)
@@ -527,7 +563,8 @@ def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = N
                 if s.in_update or folder is None: raise  # interrupted inside an update: the last periodic checkpoint stays
                 log.flush(); log.tick()
                 _save(s, boundary, "interrupt")
-                if s.master: print(f"interrupted: checkpoint of step {s.step} saved to {folder.ckpt}; run again with resume=True to continue")
+                what = "terminated (SIGTERM)" if intr.signum == signal.SIGTERM else "interrupted"
+                if s.master: print(f"{what}: checkpoint of step {s.step} saved to {folder.ckpt}; run again with resume=True to continue")
                 raise
             finally:
                 if log.bar is not None: log.bar.close()
@@ -536,6 +573,7 @@ def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = N
         if s.writer is not None: s.writer.write_summary(summary)
         return TrainResult(s.model, hist, summary, folder.path if folder is not None else None)
     finally:
+        held.close()
         if dist_started:
             import torch.distributed as dist
             dist.destroy_process_group()

@@ -317,3 +317,71 @@ def _(ws): cli('sweep', 'paper4', '--runs', str(ws))
 
 @case('cli-sweep-unknown-preset', 'cli', CLIError, 'medium', exit_code=2)
 def _(ws): cli('sweep', 'paper2', '--preset', 'medium', '--runs', str(ws))
+
+# ---------------------------------------------------------------- what a run folder says is what made it
+import struct, zipfile
+from dropout_residual.checkpoint import RunBusyError, RunFolder
+
+def flip_bit(path, entry: str = "archive/data/0", byte: int = 3, bit: int = 6) -> Path:
+    "Flip one bit (by default an exponent bit of the first float32) of a tensor stored in a checkpoint; the zip stays intact."
+    with zipfile.ZipFile(path) as z: info = next(i for i in z.infolist() if i.filename.endswith(entry))
+    raw = bytearray(Path(path).read_bytes())
+    n, m = struct.unpack("<HH", raw[info.header_offset + 26: info.header_offset + 30])  # local header: name, extra lengths
+    raw[info.header_offset + 30 + n + m + byte] ^= 1 << bit
+    Path(path).write_bytes(bytes(raw))
+    return Path(path)
+
+def edit_ckpt(path, edit) -> Path:
+    "Load a checkpoint, apply `edit(state)`, save it again (with fresh digests): a consistent file that says something else."
+    st = load_checkpoint(path); edit(st); save_checkpoint(path, st)
+    return Path(path)
+
+def unfinished_follows(ws):
+    "A copy of the tiny run rewritten as stopped at step 4 of 8, with lr_decay_iters following max_iters."
+    edit_ckpt(run_copy(ws)/'ckpt.pt', lambda st: (st.update(step=4), st['train_config'].update(lr_decay_iters=None)))
+
+def nan_weights(ws):
+    "A copy of the tiny run whose ckpt.pt holds a NaN in its token embedding (a consistent, digested file)."
+    edit_ckpt(run_copy(ws)/'ckpt.pt', lambda st: st['model']['wte.weight'].view(-1)[0].fill_(float('nan')))
+
+def ckpt_is_a_folder(ws):
+    "A copy of the tiny run whose ckpt.pt is a directory."
+    p = run_copy(ws)/'ckpt.pt'; p.unlink(); p.mkdir()
+
+@case('ckpt-flipped-bit', 'checkpoint', ValueError, '{ws}/run/ckpt.pt is damaged: tensor model/',
+      setup=lambda ws: flip_bit(run_copy(ws)/'ckpt.pt'))
+def _(ws): load_run(ws/'run')
+
+@case('run-config-disagrees-with-ckpt', 'checkpoint', ValueError,
+      '{ws}/run/config.json and {ws}/run/ckpt.pt disagree on model.attn_dropout',
+      setup=lambda ws: write_json(run_copy(ws)/'config.json', {**(c := read_json(ws/'run'/'config.json')), 'model': {**c['model'], 'attn_dropout': 0.25}}))
+def _(ws): load_run(ws/'run')
+
+@case('resume-shrinks-max-iters', 'checkpoint', ValueError, 'max_iters=8 (step 8), now max_iters=4: a finished run cannot shrink')
+def _(ws): train(*tiny_configs(max_iters=4, analysis_ckpts=[0, 4]), data=tiny_data(), out_dir=run_copy(ws), progress=False)
+
+@case('resume-grows-finished-run', 'checkpoint', ValueError, 'max_iters=8 (step 8), now max_iters=12: a finished run cannot grow')
+def _(ws): train(*tiny_configs(max_iters=12), data=tiny_data(), out_dir=run_copy(ws), progress=False)
+
+@case('resume-grows-following-lr-decay', 'checkpoint', ValueError, 'cannot grow while lr_decay_iters follows max_iters',
+      setup=unfinished_follows)
+def _(ws): train(*tiny_configs(max_iters=12, lr_decay_iters=None), data=tiny_data(), out_dir=ws/'run', progress=False)
+
+@case('resume-other-corpus-same-chars', 'checkpoint', ValueError, "was trained on another corpus: it records 'tiny'")
+def _(ws):
+    train(*tiny_configs(), data=TokenData.from_text(TINY_TEXT[::-1], cache=False, source='reversed'), out_dir=run_copy(ws), progress=False)
+
+@case('ckpt-is-a-directory', 'checkpoint', ValueError, '{ws}/run/ckpt.pt is a directory', setup=ckpt_is_a_folder)
+def _(ws): train(*tiny_configs(), data=tiny_data(), out_dir=ws/'run', progress=False)
+
+@case('run-folder-busy', 'checkpoint', RunBusyError, 'run folder {ws}/r is being trained by another process')
+def _(ws):
+    with RunFolder(ws/'r').lock(): train(*tiny_configs(), data=tiny_data(), out_dir=ws/'r', progress=False)
+
+@case('cli-train-busy', 'cli', CLIError, 'is being trained by another process', exit_code=75)
+def _(ws):
+    with RunFolder(ws/'r').lock(): cli('train', '--preset', 'smoke', '--out', str(ws/'r'), '--quiet')
+
+@case('cli-sample-nan-weights', 'cli', CLIError, 'ckpt.pt holds non-finite weights (NaN or inf) in tensor wte.weight',
+      setup=nan_weights, exit_code=2)
+def _(ws): cli('sample', '--run', str(ws/'run'))
