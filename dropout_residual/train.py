@@ -14,7 +14,7 @@ import torch.nn as nn
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .utils import resolve_device, show_progress, synchronize
+from .utils import eval_mode, resolve_device, show_progress, synchronize
 from .data import TokenData, shakespeare
 from .config import DROPOUT_SITES, GPTConfig
 from .layers import member_generators
@@ -202,10 +202,8 @@ def evaluate(model: nn.Module, data: TokenData, cfg: TrainConfig, seeds: list[in
              cudagraphs: bool = False) -> dict[str, torch.Tensor]:
     "Mean loss per member over `cfg.eval_iters` batches of each split, dropout off: `{'train': (E,), 'val': (E,)}` on the CPU."
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     out = {}
-    try:
+    with eval_mode(model):
         for split in ("train", "val"):
             gens = _eval_generators(seeds, step, rank)
             tot = None
@@ -215,8 +213,6 @@ def evaluate(model: nn.Module, data: TokenData, cfg: TrainConfig, seeds: list[in
                 with autocast(device, dtype): _, loss = model(x, y)
                 tot = loss.detach().float().clone() if tot is None else tot + loss.detach().float()  # clone: out of a graph's buffer
             out[split] = _all_mean(tot / cfg.eval_iters, world).cpu()
-    finally:
-        model.train(was_training)
     return out
 
 def _rng_state(device: torch.device) -> dict:
@@ -611,19 +607,15 @@ def measure_generation(model: GPT, n_tokens: int = 500, batch: int = 1, use_cach
     "Honest generation speed: warm-up, device synchronised, median over `repeats` of `n_tokens * batch / seconds` (per member)."
     if n_tokens < 1 or batch < 1 or repeats < 1: raise ValueError(f"n_tokens={n_tokens}, batch={batch}, repeats={repeats} must all be >= 1")
     dev = next(model.parameters()).device
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    was = model.training
-    model.eval()
     idx = torch.zeros((batch, 1), dtype=torch.long, device=dev)
     g = torch.Generator(device=dev).manual_seed(seed)
     secs = []
-    try:
+    with eval_mode(model):
         for i in range(warmup + repeats):
-            sync(); t0 = time.perf_counter()
+            synchronize(dev); t0 = time.perf_counter()
             model.generate(idx, n_tokens, temperature=temperature, top_k=top_k, use_cache=use_cache, generator=g, window=window)
-            sync(); dt = time.perf_counter() - t0
+            synchronize(dev); dt = time.perf_counter() - t0
             if i >= warmup: secs.append(dt)
-    finally: model.train(was)
     med = statistics.median(secs)
     return {"tokens_per_s": n_tokens * batch / med, "median_s": med, "seconds": secs, "n_tokens": n_tokens,
             "batch": batch, "use_cache": use_cache, "window": window, "warmup": warmup, "repeats": repeats,
