@@ -4,6 +4,7 @@ only the export, import and show_doc cells; this script processes each `nbs/[0-9
 nbdev's own processors, executing every code cell that `nbdev_test` would run (cells flagged with one
 of settings.ini's `tst_flags`, `eval: false` cells and `nbdev_export()` are skipped), and writes the
 result into nbdev's `_proc` folder, where Quarto renders it. A cell that raises stops the build.
+Names of private helpers (`_save`) are left unlinked: they have no show_doc, so no anchor to link to.
 `index.ipynb` and the paper notebooks carry their outputs and are left as nbdev processed them."""
 import os, sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from fastcore.xtras import working_directory
 from fastcore.parallel import parallel
 from nbdev.config import get_config
 from nbdev.process import NBProcessor
-from nbdev.processors import FilterDefaults, exec_show_docs
+from nbdev.doclinks import NbdevLookup
+from nbdev.processors import FilterDefaults, add_links, exec_show_docs
 
 MARK = "dropout_residual_docs_executed"
 
@@ -27,9 +29,23 @@ class exec_all(exec_show_docs):
         self.k.cell(cell)
         if self.k.exc: raise RuntimeError(f"{self.fn.name}: cell {cell.idx_} raised:\n{cell.source}") from self.k.exc
 
+class PublicLookup(NbdevLookup):
+    "nbdev's symbol lookup without private names (`_save`, `GPT._block`): they have no doc anchor."
+    def doc(self, sym): return None if sym.split(".")[-1].startswith("_") else super().doc(sym)
+
+def add_public_links(cell):
+    "nbdev's `add_links`, linking only public names."
+    nl = PublicLookup()
+    if cell.cell_type == "markdown": cell.source = nl.linkify(cell.source)
+    for o in cell.get("outputs", []):
+        if hasattr(o, "data") and hasattr(o["data"], "text/markdown"):
+            o.data["text/markdown"] = [nl.link_line(s) for s in o.data["text/markdown"]]
+
 class ExecAll(FilterDefaults):
-    "nbdev's docs processors with `exec_show_docs` replaced by `exec_all`."
-    def base_procs(self): return [exec_all if p is exec_show_docs else p for p in super().base_procs()]
+    "nbdev's docs processors with `exec_all` for `exec_show_docs` and `add_public_links` for `add_links`."
+    def base_procs(self):
+        swap = {exec_show_docs: exec_all, add_links: add_public_links}
+        return [swap.get(p, p) for p in super().base_procs()]
 
 def execute(src: Path, dst: Path):
     "Process and execute notebook `src` into `dst`."
