@@ -182,7 +182,7 @@ class LinearDropout(_Decay):
 
 @dataclass
 class ExponentialDropout(_Decay):
-    "Exponential decay `p0 * gamma**step` from `p0` to `pf` at `n_steps` (gamma = (pf/p0)**(1/n_steps)), then `pf`."
+    "Exponential decay `p0 * gamma**step` from `p0` to `pf` at `n_steps` (`gamma = (pf/p0)**(1/n_steps)`), then `pf`."
     kind: ClassVar[str] = "exponential"
     p0: float = 0.2
     pf: float = 0.02
