@@ -34,8 +34,9 @@ def atomic_write_bytes(path: Path|str, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None: e.filename = str(path)   # a full disk names the file it was writing
         raise
     return path
 
