@@ -28,7 +28,10 @@ CACHE_ENV = "DROPOUT_RESIDUAL_CACHE"
 # %% ../nbs/01_data.ipynb #0901b2a7
 def cache_dir() -> Path:
     "The user cache folder: `$DROPOUT_RESIDUAL_CACHE`, else `~/.cache/dropout_residual`."
-    return Path(os.environ.get(CACHE_ENV) or Path.home()/".cache"/"dropout_residual").expanduser()
+    d = Path(os.environ.get(CACHE_ENV) or Path.home()/".cache"/"dropout_residual").expanduser()
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"the cache folder {d} is a file, not a folder: move the file, or set ${CACHE_ENV} to a folder")
+    return d
 
 # %% ../nbs/01_data.ipynb #c77a2e2b
 def sha256_of(path: Path|str) -> str:
