@@ -122,21 +122,25 @@ class GroupBusyError(RuntimeError):
     "A member group that another process is training right now."
 
 @contextlib.contextmanager
-def group_lock(gdir: Path|str):
-    "Hold the exclusive training lock of the group folder `gdir`; a lock held elsewhere is a `GroupBusyError`."
+def _flock(path: Path, busy: Callable|None = None):
+    "Hold an exclusive lock on the file `path`: wait for it, or (given `busy`) raise `busy(holder)` if it is held elsewhere."
     try: import fcntl
     except ImportError: yield; return                # no flock on this platform: unlocked
-    gdir = Path(gdir); gdir.mkdir(parents=True, exist_ok=True)
-    with open(gdir/".lock", "a+") as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
         except BlockingIOError:
-            f.seek(0); holder = f.read().strip() or "an unknown process"
-            raise GroupBusyError(f"group {gdir} is being trained by {holder}; let it finish, then run the sweep "
-                                 f"again (its finished runs are found, not retrained)") from None
+            f.seek(0); raise busy(f.read().strip() or "an unknown process") from None
         try:
             f.seek(0); f.truncate(); f.write(f"pid {os.getpid()} on {platform.node()}"); f.flush()
             yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+def group_lock(gdir: Path|str):
+    "Hold the exclusive training lock of the group folder `gdir`; a lock held elsewhere is a `GroupBusyError`."
+    gdir = Path(gdir)
+    return _flock(gdir/".lock", lambda holder: GroupBusyError(
+        f"group {gdir} is being trained by {holder}; let it finish, then run the sweep again (its finished runs are found, not retrained)"))
 
 # %% ../nbs/12_sweep.ipynb #544b2412
 _DATA = {}
@@ -284,18 +288,11 @@ def train_options(specs: Sequence[RunSpec], overrides: dict|Sequence[str]|None) 
     names = sorted({k.rpartition(".")[2] for k in keys} & set(RUN_OPTIONS))
     return {n: getattr(specs[0].train_cfg, n) for n in names} if specs else {}
 
-@contextlib.contextmanager
 def plan_lock(root: Path|str):
     "Hold the results root's planning lock, waiting for it: two sweeps never plan (and so train) the same runs at once."
-    try: import fcntl
-    except ImportError: yield; return                # no flock on this platform: unlocked
-    root = Path(root); root.mkdir(parents=True, exist_ok=True)
-    with open(root/".plan.lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+    return _flock(Path(root)/".plan.lock")
 
-# %% ../nbs/12_sweep.ipynb #a61456c9
+# %% ../nbs/12_sweep.ipynb #3b4acd10
 @dataclass
 class SweepResult:
     "What `sweep` returns: the runs (one row each), the table beside the paper, the claims, where they live."
