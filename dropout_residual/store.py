@@ -103,7 +103,7 @@ def check_run_folder(folder: Path|str, config: dict|None = None) -> dict:
     _check_identity(folder, meta)
     return meta
 
-# %% ../nbs/09_store.ipynb #914ff8ed
+# %% ../nbs/09_store.ipynb #c5d2f15c
 IDENTITY_KEYS = ("run_id", "experiment", "label", "seed", "preset")   # what the tables read beside the config
 
 def identity_hash(meta: dict) -> str:
@@ -120,7 +120,7 @@ def _check_identity(folder: Path, meta: dict) -> None:
         raise RunCollisionError(f"{folder/'run.json'} says {k}={meta.get(k)!r}, which its folder and hashed config do not "
                                 f"(fields: {', '.join(bad)}): it was edited by hand; restore it, or move the folder out of the results root")
 
-# %% ../nbs/09_store.ipynb #b1ffaf1b
+# %% ../nbs/09_store.ipynb #b1e9291a
 def prepare_run(spec: RunSpec, root: Path|str|None = None) -> Path:
     "Create (or check) the run folder of `spec` with its `run.json`; return the folder."
     folder, config = spec.folder(root), spec.config

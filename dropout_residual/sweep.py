@@ -292,7 +292,7 @@ def plan_lock(root: Path|str):
     "Hold the results root's planning lock, waiting for it: two sweeps never plan (and so train) the same runs at once."
     return _flock(Path(root)/".plan.lock")
 
-# %% ../nbs/12_sweep.ipynb #3b4acd10
+# %% ../nbs/12_sweep.ipynb #7092c3c6
 @dataclass
 class SweepResult:
     "What `sweep` returns: the runs (one row each), the table beside the paper, the claims, where they live."
