@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_cli.ipynb #cabcc82a
 from __future__ import annotations
-import argparse, json, sys
+import argparse, errno, json, os, sys
 
 # %% auto #0
 __all__ = ['PRESET_HELP', 'DEVICE_HELP', 'SUBCOMMANDS', 'build_parser', 'main']
@@ -12,6 +12,7 @@ __all__ = ['PRESET_HELP', 'DEVICE_HELP', 'SUBCOMMANDS', 'build_parser', 'main']
 # %% ../nbs/17_cli.ipynb #4dc771bd
 def _cmd_data(args) -> int:
     from dropout_residual.data import TokenData, describe, shakespeare
+    if args.corpus and not args.path: raise ValueError("--corpus needs --path FILE: the UTF-8 text file to describe")
     data = TokenData.from_file(args.path) if args.corpus else shakespeare(args.path, download=not args.offline)
     stats = describe(data)
     for k, v in stats.items(): print(f"{k:>13}: {v!r}" if k == "vocab" else f"{k:>13}: {v}")
@@ -31,6 +32,10 @@ def _cmd_train(args) -> int:
     from dropout_residual.data import TokenData, shakespeare
     from dropout_residual.config import apply_overrides
     from dropout_residual.train import train
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out is empty: give a run folder, or leave --out out for runs/EXPERIMENT-PRESET[-LABEL]")
+    if any(o.split("=", 1)[0].strip().rpartition(".")[2] == "out_dir" for o in args.set or []):
+        raise ValueError("--set out_dir=... cannot choose the run folder (it would record one folder and write another): use --out")
     model_cfg, train_cfg, schedules = _train_configs(args)
     model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg, args.set or [])
     if args.device: train_cfg = dataclasses.replace(train_cfg, device=args.device)
@@ -82,6 +87,8 @@ def _cmd_bench(args) -> int:
     from dropout_residual import bench
     fn = {"train": bench.bench_train, "grid": bench.bench_grid, "generate": bench.bench_generate}[args.which]
     kw = {k: v for k, v in vars(args).items() if k not in ("command", "which", "func")}
+    if kw.get("steps") is not None and kw["steps"] < 1:   # the library would name its inner loop's count
+        raise ValueError(f"--steps {kw['steps']} must be >= 1 (training steps per timed sample)")
     print(fn(**kw).report())
     return 0
 
@@ -244,15 +251,55 @@ def build_parser() -> argparse.ArgumentParser:
     for add in SUBCOMMANDS: add(sub)
     return p
 
+# %% ../nbs/17_cli.ipynb #f1d9c20d
+_OS_FIXES = {errno.EROFS: "the file system is read-only: choose a writable folder (--out, --runs, $DROPOUT_RESIDUAL_RUNS)",
+             errno.EACCES: "choose a folder you may write to (--out, --runs, $DROPOUT_RESIDUAL_RUNS) or fix its permissions",
+             errno.EPERM: "choose a folder you may write to (--out, --runs, $DROPOUT_RESIDUAL_RUNS) or fix its permissions",
+             errno.ENOSPC: "free some disk space, then run the same command again: it resumes from the last good checkpoint",
+             errno.EDQUOT: "free some of your disk quota, then run the same command again: it resumes from the last good checkpoint",
+             errno.ENAMETOOLONG: "use a shorter path (a name is at most 255 bytes)",
+             errno.ENOTDIR: "a part of the path is a file, not a folder: move that file or choose another path",
+             errno.EEXIST: "a file stands where a folder is needed: move it or choose another path",
+             errno.EISDIR: "a folder stands where a file is needed: move it or choose another path"}
+
+def _os_error_line(e: OSError) -> str:
+    "One line for a file-system error: the path, the cause, the fix."
+    path = f"{e.filename}" + (f" -> {e.filename2}" if getattr(e, "filename2", None) else "") if e.filename else "a file"
+    fix = _OS_FIXES.get(e.errno, "check the path and its folder, then run the same command again")
+    return f"cannot write or read {path}: {e.strerror or e}; {fix}"
+
+def _check_env() -> None:
+    "torchrun's variables, where set, are integers: a malformed one is an error naming it."
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        v = os.environ.get(k)
+        if v is not None and not v.strip().isdigit():
+            raise ValueError(f"environment variable {k}={v!r} must be an integer >= 0 (torchrun sets it): fix it or unset it")
+
+def _check_args(args) -> None:
+    "What every command checks before it starts: the environment, and a --device that exists here."
+    _check_env()
+    if getattr(args, "device", None) not in (None, "auto"):
+        from dropout_residual.utils import resolve_device
+        resolve_device(args.device)
+
 # %% ../nbs/17_cli.ipynb #3831c9ec
 def main(argv: list[str]|None = None) -> int:
-    "Entry point of `dropout-residual`; errors in user input print one clear line and exit 2, a busy group or run folder exits 75."
+    "Entry point of `dropout-residual`: bad input exits 2, a file-system error 74, a busy group or run folder 75, Ctrl-C 130; each one line."
     args = build_parser().parse_args(argv)
-    try: return args.func(args)
+    try:
+        _check_args(args)
+        return args.func(args)
+    except KeyboardInterrupt as e:                  # Ctrl-C (130), or SIGTERM (train.Terminated: 143)
+        print(f"dropout-residual {args.command}: interrupted; run the same command again to resume "
+              f"(finished runs are kept, a group in training resumes from its last checkpoint)", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     except (ValueError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"dropout-residual {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"dropout-residual {args.command}: error: {_os_error_line(e)}", file=sys.stderr)
+        return 74                                    # EX_IOERR
     except RuntimeError as e:
         from dropout_residual.sweep import GroupBusyError
         from dropout_residual.checkpoint import RunBusyError

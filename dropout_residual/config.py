@@ -277,8 +277,8 @@ def _check_optimizer(self: TrainConfig):
 def _check_run(self: TrainConfig):
     "Seeds >= 0, a known device, dtype and compile mode, checkpoint steps in range."
     seeds = self.seed if isinstance(self.seed, (list, tuple)) else [self.seed]
-    _check(len(seeds) >= 1 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds),
-           f"seed={self.seed!r} must be an integer >= 0 or a non-empty list of them (one per member)")
+    _check(len(seeds) >= 1 and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**62 for s in seeds),
+           f"seed={self.seed!r} must be an integer in [0, 2**62) (torch's seeds are 64-bit) or a non-empty list of them (one per member)")
     if isinstance(self.seed, tuple): self.seed = list(self.seed)
     dev = str(self.device)
     _check(dev.split(":")[0] in _DEVICES, f"device={self.device!r} must be one of {', '.join(_DEVICES)} (or 'cuda:N')")
@@ -359,7 +359,16 @@ def _parse_value(s: str):
     try: return ast.literal_eval(low)
     except (ValueError, SyntaxError): return s
 
-def _coerce(v, default):
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+def _coerce(v, default, name: str = "value", ftype: str = ""):
+    "`v` as the field's type: booleans from true/false/yes/no/on/off/1/0, ints as floats; a wrong type names the field."
+    if ftype == "bool":
+        if not isinstance(v, (bool, int, str)) or str(v).lower() not in _BOOLS:
+            raise ValueError(f"{name}={v!r} must be a boolean: true/false, yes/no, on/off or 1/0 (any case)")
+        return _BOOLS[str(v).lower()]
+    if isinstance(v, str) and ftype and "str" not in ftype:
+        raise ValueError(f"{name}={v!r} is not of its type {ftype}: give e.g. --set {name}={default!r}")
     if isinstance(default, tuple) and isinstance(v, (list, int)): return tuple(v) if isinstance(v, list) else (v,)
     if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool): return float(v)
     return v
@@ -374,7 +383,8 @@ def apply_overrides(model_cfg: GPTConfig, train_cfg: TrainConfig, overrides: dic
             d[k.strip()] = _parse_value(v)
         overrides = d
     m, t = {}, {}
-    mnames, tnames = [f.name for f in fields(model_cfg)], [f.name for f in fields(train_cfg)]
+    mtypes, ttypes = {f.name: str(f.type) for f in fields(model_cfg)}, {f.name: str(f.type) for f in fields(train_cfg)}
+    mnames, tnames = list(mtypes), list(ttypes)
     for k, v in overrides.items():
         scope, _, name = k.rpartition(".")
         if scope not in ("", "model", "train"): raise ValueError(f"--set {k}: prefix {scope!r} must be 'model' or 'train'")
@@ -384,6 +394,6 @@ def apply_overrides(model_cfg: GPTConfig, train_cfg: TrainConfig, overrides: dic
             close = difflib.get_close_matches(name, pool, n=1)
             raise ValueError(f"unknown config key {k!r}" + (f"; did you mean {close[0]!r}?" if close else "") +
                              f" (GPTConfig: {', '.join(mnames)}; TrainConfig: {', '.join(tnames)})")
-        if in_m: m[name] = _coerce(v, getattr(model_cfg, name))
-        if in_t: t[name] = _coerce(v, getattr(train_cfg, name))
+        if in_m: m[name] = _coerce(v, getattr(model_cfg, name), name, mtypes[name])
+        if in_t: t[name] = _coerce(v, getattr(train_cfg, name), name, ttypes[name])
     return dataclasses.replace(model_cfg, **m), dataclasses.replace(train_cfg, **t)

@@ -28,7 +28,10 @@ CACHE_ENV = "DROPOUT_RESIDUAL_CACHE"
 # %% ../nbs/01_data.ipynb #0901b2a7
 def cache_dir() -> Path:
     "The user cache folder: `$DROPOUT_RESIDUAL_CACHE`, else `~/.cache/dropout_residual`."
-    return Path(os.environ.get(CACHE_ENV) or Path.home()/".cache"/"dropout_residual").expanduser()
+    d = Path(os.environ.get(CACHE_ENV) or Path.home()/".cache"/"dropout_residual").expanduser()
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"the cache folder {d} is a file, not a folder: move the file, or set ${CACHE_ENV} to a folder")
+    return d
 
 # %% ../nbs/01_data.ipynb #c77a2e2b
 def sha256_of(path: Path|str) -> str:
@@ -38,8 +41,8 @@ def sha256_of(path: Path|str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
     return h.hexdigest()
 
-def verify_tiny_shakespeare(path: Path|str) -> Path:
-    "Check that `path` is the canonical Tiny Shakespeare (length and sha256); raise `ValueError` if not."
+def verify_tiny_shakespeare(path: Path|str, fix: str|None = None) -> Path:
+    "Check that `path` is the canonical Tiny Shakespeare (length and sha256); raise `ValueError` (ending in `fix`) if not."
     path = Path(path)
     n = len(path.read_bytes())
     digest = sha256_of(path)
@@ -47,7 +50,7 @@ def verify_tiny_shakespeare(path: Path|str) -> Path:
         raise ValueError(
             f"{path} is not the canonical Tiny Shakespeare: it has {n:,} bytes and sha256 {digest}, "
             f"expected {TINY_SHAKESPEARE_CHARS:,} bytes and sha256 {TINY_SHAKESPEARE_SHA256}. "
-            f"Delete it and download again from {TINY_SHAKESPEARE_URL}, or load your own text with `read_corpus`.")
+            + (fix or f"Point at the canonical file (from {TINY_SHAKESPEARE_URL}), or load your own text with `read_corpus`."))
     return path
 
 # %% ../nbs/01_data.ipynb #13ad5398
@@ -70,15 +73,18 @@ def find_tiny_shakespeare(path: Path|str|None = None, download: bool = True) -> 
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file(): raise FileNotFoundError(f"path={str(path)!r} is not a file")
-        return verify_tiny_shakespeare(path)
+        return verify_tiny_shakespeare(path, f"Pass the path of the canonical file (from {TINY_SHAKESPEARE_URL}), "
+                                             "or load your own text with `read_corpus` (`data --corpus`).")
     looked = []
     if os.environ.get(DATA_ENV):
         cands = _env_candidates(os.environ[DATA_ENV])
         for c in cands:
-            if c.is_file(): return verify_tiny_shakespeare(c)
+            if c.is_file(): return verify_tiny_shakespeare(c, f"Re-point ${DATA_ENV} at the canonical file or a folder "
+                                                              f"holding tinyshakespeare/input.txt, or unset it.")
         looked += [f"{c} (from ${DATA_ENV})" for c in cands]
     cached = cache_dir()/"tinyshakespeare"/"input.txt"
-    if cached.is_file(): return verify_tiny_shakespeare(cached)
+    if cached.is_file(): return verify_tiny_shakespeare(cached, f"It is this package's cache: delete it to download "
+                                                                f"again from {TINY_SHAKESPEARE_URL}.")
     looked.append(f"{cached} (the cache)")
     if download:
         try: return download_tiny_shakespeare(cached)
@@ -203,6 +209,9 @@ class TokenData:
         data = self.split(split)
         if not (isinstance(batch_size, int) and batch_size >= 1): raise ValueError(f"batch_size={batch_size} must be an integer >= 1")
         if not (isinstance(block_size, int) and block_size >= 1): raise ValueError(f"block_size={block_size} must be an integer >= 1")
+        if len(data) < 2:
+            raise ValueError(f"the {split} split has {len(data)} token(s), too few for any block_size: "
+                             f"use a corpus of at least a few hundred characters")
         if block_size + 1 > len(data):
             raise ValueError(f"block_size={block_size} is too large for the {split} split of {len(data)} tokens; "
                              f"use block_size <= {len(data)-1} or a larger corpus")

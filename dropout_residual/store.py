@@ -17,9 +17,9 @@ from .utils import _jsonable, read_json, write_json
 from .config import GPTConfig, TrainConfig
 
 # %% auto #0
-__all__ = ['RUNS_ENV', 'RUN_EXCLUDE', 'RUN_COLUMNS', 'runs_root', 'read_history', 'normalise_config', 'config_hash',
-           'RunCollisionError', 'RunSpec', 'check_run_folder', 'prepare_run', 'run_state', 'spec_from_folder',
-           'load_runs', 'load_histories']
+__all__ = ['RUNS_ENV', 'RUN_EXCLUDE', 'IDENTITY_KEYS', 'RUN_COLUMNS', 'runs_root', 'read_history', 'normalise_config',
+           'config_hash', 'RunCollisionError', 'RunSpec', 'check_run_folder', 'identity_hash', 'prepare_run',
+           'run_state', 'spec_from_folder', 'load_runs', 'load_histories']
 
 # %% ../nbs/09_store.ipynb #903fc865
 RUNS_ENV = "DROPOUT_RESIDUAL_RUNS"
@@ -100,23 +100,56 @@ def check_run_folder(folder: Path|str, config: dict|None = None) -> dict:
         keys = ", ".join(_diff_keys(stored, json.loads(json.dumps(config)))[:5])
         raise RunCollisionError(f"run folder {folder} was written by another config under the same hash "
                                 f"(fields differ: {keys}); refusing to mix results: move the folder out of the results root")
+    _check_identity(folder, meta)
     return meta
 
+# %% ../nbs/09_store.ipynb #c5d2f15c
+IDENTITY_KEYS = ("run_id", "experiment", "label", "seed", "preset")   # what the tables read beside the config
+
+def identity_hash(meta: dict) -> str:
+    "The hash of a run.json's `IDENTITY_KEYS` (under its version): a label or preset edited by hand no longer matches it."
+    return config_hash({k: meta.get(k) for k in IDENTITY_KEYS}, meta.get("version"))
+
+def _check_identity(folder: Path, meta: dict) -> None:
+    "The run id, experiment and seed of a run.json agree with its folder and hashed config; label and preset with `identity`."
+    want = {"run_id": folder.name, "experiment": folder.parent.name, "seed": meta["config"].get("train", {}).get("seed")}
+    bad = [k for k, v in want.items() if meta.get(k) != v]
+    if "identity" in meta and meta["identity"] != identity_hash(meta): bad += [k for k in ("label", "preset") if k in meta]
+    if bad:
+        k = bad[0]
+        raise RunCollisionError(f"{folder/'run.json'} says {k}={meta.get(k)!r}, which its folder and hashed config do not "
+                                f"(fields: {', '.join(bad)}): it was edited by hand; restore it, or move the folder out of the results root")
+
+# %% ../nbs/09_store.ipynb #b1e9291a
 def prepare_run(spec: RunSpec, root: Path|str|None = None) -> Path:
     "Create (or check) the run folder of `spec` with its `run.json`; return the folder."
     folder, config = spec.folder(root), spec.config
     if (folder/"run.json").exists(): check_run_folder(folder, config)
     else:
-        write_json(folder/"run.json", {"run_id": spec.run_id, "version": dropout_residual.__version__,
-                                       "experiment": spec.experiment, "label": spec.label, "seed": spec.seed,
-                                       "preset": spec.preset, "config": config})
+        meta = {"run_id": spec.run_id, "version": dropout_residual.__version__, "experiment": spec.experiment,
+                "label": spec.label, "seed": spec.seed, "preset": spec.preset, "config": config}
+        write_json(folder/"run.json", {**meta, "identity": identity_hash(meta)})
     return folder
 
 def run_state(folder: Path|str) -> str:
     "`'done'` (summary.json says done), `'partial'` (started, not finished) or `'new'`."
     folder = Path(folder)
-    if (folder/"summary.json").exists() and read_json(folder/"summary.json").get("done"): return "done"  # a torn one: an error naming it
+    if (folder/"summary.json").exists() and _summary(folder, figures=False).get("done"): return "done"  # a torn one: an error naming it
     return "partial" if (folder/"group.json").exists() else "new"
+
+def _summary(folder: Path, figures: bool = True) -> dict:
+    "A run's summary.json; one that is not an object (or, with `figures`, done without members' numbers) names the file and the run."
+    s, why = read_json(folder/"summary.json"), ""
+    ms = s.get("members") if isinstance(s, dict) else None
+    if not isinstance(s, dict): why = f"it holds a {type(s).__name__}, not an object"
+    elif not (figures and s.get("done")): pass
+    elif not (isinstance(ms, list) and ms and isinstance(ms[0], dict)): why = "it has no members"
+    else:
+        bad = [k for k in ("best_val_loss", "final_train_loss", "final_val_loss", "best_val_step")
+               if k not in ms[0] or isinstance(ms[0][k], bool) or not isinstance(ms[0][k], (int, float, type(None)))]
+        if bad: why = f"members[0].{bad[0]}={ms[0].get(bad[0], 'missing')!r} is not a number"
+    if why: raise ValueError(f"{folder/'summary.json'} (run {folder.name}) is corrupt: {why}; delete it to train the run again")
+    return s
 
 # %% ../nbs/09_store.ipynb #97572e51
 def spec_from_folder(folder: Path|str) -> RunSpec:
@@ -141,12 +174,12 @@ def load_runs(root: Path|str|None = None, experiment: str|None = None, preset: s
     rows = []
     for f in _run_folders(root, experiment):
         if run_ids is not None and f.name not in run_ids: continue
-        meta = read_json(f/"run.json")
+        meta = check_run_folder(f)   # an edited run.json never moves a result to another row
         if preset is not None and meta.get("preset") != preset: continue
         row = {"experiment": meta["experiment"], "label": meta["label"], "seed": meta["seed"], "preset": meta.get("preset", ""),
                "run_id": f.name, "done": run_state(f) == "done", "path": str(f)}
         if row["done"]:
-            s = read_json(f/"summary.json")
+            s = _summary(f)
             row.update({k: v for k, v in s["members"][0].items() if k not in ("member", "seed")})
             row["group"] = s.get("group")
         flat = pd.json_normalize(meta["config"], sep=".").iloc[0].to_dict()

@@ -13,18 +13,19 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from .utils import _closest, _jsonable, read_json, show_progress, write_json
+from .utils import _closest, _jsonable, read_json, resolve_device, show_progress, write_json
 from .model import GPT
 from .schedules import schedule_from_dict
 from .checkpoint import RunFolder, load_checkpoint, load_run
-from .train import train
+from .train import NonFiniteLossError, train
 from .store import RunSpec, config_hash, load_runs, prepare_run, read_history, run_state, runs_root, spec_from_folder
 from .papers import Experiment, experiment_runs, get_experiment
 from .stats import baseline_pairs, compare, compare_claims, summarise, to_markdown
 
 # %% auto #0
-__all__ = ['MEMBER_FIELDS', 'GROUP_BYTES_ENV', 'EXECUTORS', 'shape_key', 'member_bytes', 'max_group_size', 'group_configs',
-           'plan_groups', 'GroupBusyError', 'group_lock', 'run_group', 'run_groups', 'SweepResult', 'sweep']
+__all__ = ['MEMBER_FIELDS', 'GROUP_BYTES_ENV', 'EXECUTORS', 'RUN_OPTIONS', 'shape_key', 'member_bytes', 'max_group_size',
+           'group_configs', 'plan_groups', 'GroupBusyError', 'group_lock', 'run_group', 'run_groups', 'train_options',
+           'plan_lock', 'SweepResult', 'sweep']
 
 # %% ../nbs/12_sweep.ipynb #3a5e0e09
 from .config import Members
@@ -48,22 +49,32 @@ def member_bytes(model_cfg, train_cfg) -> int:
     acts = 2 * B * T * (34 * C + 5 * H * T) * L + 3 * 4 * B * T * V
     return int(1.25 * (16 * n_params + acts))
 
+def _env_bytes() -> float|None:
+    "`$DROPOUT_RESIDUAL_GROUP_BYTES` as a number of bytes (None when unset); anything else names the variable."
+    raw = os.environ.get(GROUP_BYTES_ENV)
+    if not raw: return None
+    try: v = float(raw)
+    except ValueError: v = float("nan")
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{GROUP_BYTES_ENV}={raw!r} must be a number of bytes > 0 (e.g. 4e9), or unset it")
+    return v
+
 def max_group_size(model_cfg, train_cfg, device: str = "auto", max_members: int|None = None) -> int:
     "How many members of this shape to stack at most on `device` (memory-aware, at least 1)."
     cap = 32 if max_members is None else int(max_members)
     if cap < 1: raise ValueError(f"max_members={max_members} must be >= 1")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = resolve_device(str(device))   # cuda without CUDA, cuda:abc: a ValueError naming the device
     if dev.type == "cuda":
         budget = 0.8 * torch.cuda.mem_get_info(dev)[0]
     else:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 16 * 2**30
-        budget = float(os.environ.get(GROUP_BYTES_ENV) or min(4 * 2**30, ram / 4))
+        budget = _env_bytes() or min(4 * 2**30, ram / 4)
     return max(1, min(cap, int(budget // member_bytes(model_cfg, train_cfg))))
 
-def group_configs(specs: Sequence[RunSpec], device: str = "auto"):
-    "The stacked model config, train config (one seed per member) and schedules (None or one per member) of a group."
+def group_configs(specs: Sequence[RunSpec], device: str = "auto", options: dict|None = None):
+    "The stacked model config, train config (one seed per member, `options` set) and schedules (None or one per member) of a group."
     m = Members.stack([s.model_cfg for s in specs])   # compact: a field given once where the members agree
-    t = dataclasses.replace(specs[0].train_cfg, seed=[s.seed for s in specs], out_dir=None, device=device)
+    t = dataclasses.replace(specs[0].train_cfg, seed=[s.seed for s in specs], out_dir=None, device=device, **(options or {}))
     scheds = None if all(s.schedule is None for s in specs) else [schedule_from_dict(s.schedule) for s in specs]
     return m, t, scheds
 
@@ -111,21 +122,25 @@ class GroupBusyError(RuntimeError):
     "A member group that another process is training right now."
 
 @contextlib.contextmanager
-def group_lock(gdir: Path|str):
-    "Hold the exclusive training lock of the group folder `gdir`; a lock held elsewhere is a `GroupBusyError`."
+def _flock(path: Path, busy: Callable|None = None):
+    "Hold an exclusive lock on the file `path`: wait for it, or (given `busy`) raise `busy(holder)` if it is held elsewhere."
     try: import fcntl
     except ImportError: yield; return                # no flock on this platform: unlocked
-    gdir = Path(gdir); gdir.mkdir(parents=True, exist_ok=True)
-    with open(gdir/".lock", "a+") as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
         except BlockingIOError:
-            f.seek(0); holder = f.read().strip() or "an unknown process"
-            raise GroupBusyError(f"group {gdir} is being trained by {holder}; let it finish, then run the sweep "
-                                 f"again (its finished runs are found, not retrained)") from None
+            f.seek(0); raise busy(f.read().strip() or "an unknown process") from None
         try:
             f.seek(0); f.truncate(); f.write(f"pid {os.getpid()} on {platform.node()}"); f.flush()
             yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+def group_lock(gdir: Path|str):
+    "Hold the exclusive training lock of the group folder `gdir`; a lock held elsewhere is a `GroupBusyError`."
+    gdir = Path(gdir)
+    return _flock(gdir/".lock", lambda holder: GroupBusyError(
+        f"group {gdir} is being trained by {holder}; let it finish, then run the sweep again (its finished runs are found, not retrained)"))
 
 # %% ../nbs/12_sweep.ipynb #544b2412
 _DATA = {}
@@ -158,24 +173,32 @@ def _write_member(gdir: Path, i: int, spec: RunSpec, folder: Path, model, hist: 
                       "experiment": spec.experiment, "label": spec.label, "seed": spec.seed,
                       "group": gdir.name, "group_member": i, "group_size": summary.get("n_members")})
 
-def run_group(group_dir: Path|str, device: str = "auto", progress: bool|None = None, data=None) -> list[str]:
-    "Train the member group in `group_dir` (resuming) and write every unfinished member's run folder; returns their run ids."
-    with group_lock(group_dir): return _train_group(Path(group_dir), device, progress, data)
+def run_group(group_dir: Path|str, device: str = "auto", progress: bool|None = None, data=None,
+              options: dict|None = None) -> list[str]:
+    "Train the member group in `group_dir` (resuming; `options`: `RUN_OPTIONS` fields) and write every unfinished member's run folder; returns their run ids."
+    with group_lock(group_dir): return _train_group(Path(group_dir), device, progress, data, options)
 
-def _train_group(gdir: Path, device: str, progress: bool|None, data) -> list[str]:
+def _name_member(e: NonFiniteLossError, specs: Sequence[RunSpec], folders: Sequence[Path]) -> NonFiniteLossError:
+    "The NaN error of a group, naming the member's run (label, seed, run id) instead of its index in the group."
+    s, f = specs[e.member], folders[e.member]
+    e.args = (str(e).replace(f"member {e.member} ", f"run {s.label!r} seed {s.seed} (run id {f.name}, member {e.member} of group {f.parent.name}/_groups) ", 1),)
+    return e
+
+def _train_group(gdir: Path, device: str, progress: bool|None, data, options: dict|None = None) -> list[str]:
     man = read_json(gdir/"group.json")
     folders = [gdir.parent.parent/rid for rid in man["members"]]
     todo = [i for i, f in enumerate(folders) if run_state(f) != "done"]
     if not todo: return []
     specs = [spec_from_folder(f) for f in folders]
-    mcfg, tcfg, scheds = group_configs(specs, device)
+    mcfg, tcfg, scheds = group_configs(specs, device, options)
     done = (gdir/"summary.json").exists() and read_json(gdir/"summary.json").get("done")
     if done and (gdir/"ckpt.pt").exists():           # trained, but the split was interrupted
         model = load_run(gdir)[0]
         hist, summary = read_history(gdir/"history.csv"), read_json(gdir/"summary.json")
     else:
-        res = train(mcfg, tcfg, data if data is not None else _data(), schedules=scheds, out_dir=gdir,
-                    resume=not done, progress=progress)
+        try: res = train(mcfg, tcfg, data if data is not None else _data(), schedules=scheds, out_dir=gdir,
+                         resume=not done, progress=progress)
+        except NonFiniteLossError as e: raise _name_member(e, specs, folders)
         model, hist, summary = res.model, res.history, res.summary
     model = model.cpu()
     analysis = {}                                     # step -> {member: its weights}
@@ -199,22 +222,22 @@ def _group_line(gdir: Path) -> str:
     return f"{len(man['members'])} members ({', '.join(labels[:4])}{', ...' if len(labels) > 4 else ''})"
 
 def run_groups(groups: Sequence[Path], executor: str = "local", device: str = "auto", progress: bool|None = None,
-               on_group: Callable|None = None) -> None:
+               on_group: Callable|None = None, options: dict|None = None) -> None:
     "Train `groups` (folders from `plan_groups`) with the `local` or `ray` executor; `on_group(i, n, gdir)` after each."
     if executor not in EXECUTORS: raise ValueError(f"executor={executor!r} is unknown{_closest(executor, EXECUTORS)}")
     progress = show_progress(progress)
     run = _run_ray if executor == "ray" else _run_local
-    busy = run(groups, device, progress, on_group or (lambda i, n, g: None))
+    busy = run(groups, device, progress, on_group or (lambda i, n, g: None), options or {})
     if busy: raise GroupBusyError(f"{len(busy)} of {len(groups)} groups were being trained by another process, "
                                   f"the others are done:\n  " + "\n  ".join(busy))
 
-def _run_local(groups: Sequence[Path], device: str, progress: bool, on_group: Callable) -> list[str]:
+def _run_local(groups: Sequence[Path], device: str, progress: bool, on_group: Callable, options: dict) -> list[str]:
     "Run the groups one after another here; returns the errors of those another process was training."
     busy = []
     for j, g in enumerate(groups):
         t0 = time.perf_counter()
         _say(progress, f"[group {j+1}/{len(groups)}] {_group_line(g)}: training")
-        try: written = run_group(g, device, progress)
+        try: written = run_group(g, device, progress, options=options)
         except GroupBusyError as e: busy.append(str(e)); _say(progress, f"[group {j+1}/{len(groups)}] skipped: {e}"); continue
         _say(progress, f"[group {j+1}/{len(groups)}] wrote {len(written)} runs in {time.perf_counter()-t0:.1f} s")
         on_group(j + 1, len(groups), g)
@@ -229,7 +252,7 @@ def _import_ray():
         raise ValueError("executor='ray' needs Ray, which is not installed: pip install 'dropout_residual[ray]' "
                          "(or pip install ray), or use executor='local'") from None
 
-def _run_ray(groups: Sequence[Path], device: str, progress: bool, on_group: Callable) -> list[str]:
+def _run_ray(groups: Sequence[Path], device: str, progress: bool, on_group: Callable, options: dict) -> list[str]:
     "Run the groups as Ray tasks; returns the errors of those another process was training."
     ray = _import_ray()
     started = not ray.is_initialized()
@@ -239,7 +262,7 @@ def _run_ray(groups: Sequence[Path], device: str, progress: bool, on_group: Call
     try:
         gpus = 1 if torch.cuda.is_available() and not str(device).startswith("cpu") else 0
         task = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=0)(run_group)
-        refs = {task.remote(str(Path(g).resolve()), device, False): g for g in groups}
+        refs = {task.remote(str(Path(g).resolve()), device, False, None, options): g for g in groups}
         _say(progress, f"ray: {len(refs)} group tasks submitted ({gpus} GPU each)")
         left, n, busy = list(refs), 0, []
         while left:
@@ -257,6 +280,19 @@ def _run_ray(groups: Sequence[Path], device: str, progress: bool, on_group: Call
         if started: ray.shutdown()
 
 # %% ../nbs/12_sweep.ipynb #a76357b7
+RUN_OPTIONS = ("ckpt_interval", "compile", "compile_mode")   # not in a run's identity; sweep takes device and out_dir itself
+
+def train_options(specs: Sequence[RunSpec], overrides: dict|Sequence[str]|None) -> dict:
+    "The `RUN_OPTIONS` fields `overrides` sets, as the specs hold them (parsed, checked): they reach the groups' training."
+    keys = overrides if isinstance(overrides, dict) else [o.split("=", 1)[0].strip() for o in overrides or []]
+    names = sorted({k.rpartition(".")[2] for k in keys} & set(RUN_OPTIONS))
+    return {n: getattr(specs[0].train_cfg, n) for n in names} if specs else {}
+
+def plan_lock(root: Path|str):
+    "Hold the results root's planning lock, waiting for it: two sweeps never plan (and so train) the same runs at once."
+    return _flock(Path(root)/".plan.lock")
+
+# %% ../nbs/12_sweep.ipynb #7092c3c6
 @dataclass
 class SweepResult:
     "What `sweep` returns: the runs (one row each), the table beside the paper, the claims, where they live."
@@ -297,14 +333,15 @@ def sweep(experiment: str|Experiment, preset: str = "smoke", seeds: int|Sequence
     progress = show_progress(progress)
     root = runs_root(root)
     specs = experiment_runs(exp, preset, seeds, overrides, labels)
-    for s in specs: prepare_run(s, root)
-    groups = plan_groups(specs, root, device, max_members)
+    with plan_lock(root):                    # two sweeps never plan the same runs at once
+        for s in specs: prepare_run(s, root)
+        groups = plan_groups(specs, root, device, max_members)
     ids = list(dict.fromkeys(s.run_id for s in specs))
     todo = sum(run_state(root/exp.name/r) != "done" for r in ids)
     _say(progress, f"{exp.name} ({exp.title}), preset {preset}: {len(ids)} runs, {len(ids) - todo} already finished, "
                    f"{todo} to train in {len(groups)} group(s) under {root/exp.name}")
     if on_group is not None: on_group(0, len(groups), None)
-    run_groups(groups, executor, device, progress, on_group)
+    run_groups(groups, executor, device, progress, on_group, train_options(specs, overrides))
     runs = load_runs(root, exp.name, run_ids=ids)
     summary = summarise(runs, exp.metric, by=("experiment", "label"))
     res = SweepResult(exp, preset, root, runs, compare(exp, summary), compare_claims(exp, summary), todo)

@@ -34,8 +34,9 @@ def atomic_write_bytes(path: Path|str, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None: e.filename = str(path)   # a full disk names the file it was writing
         raise
     return path
 
@@ -111,11 +112,17 @@ def synchronize(device: str|torch.device = "cpu") -> None:
     if device.type == "cuda": torch.cuda.synchronize(device)
     elif device.type == "mps": torch.mps.synchronize()
 def resolve_device(device: str = "auto") -> torch.device:
-    "`'auto'` -> CUDA if available else CPU; anything else as given (checked)."
+    "`'auto'` -> CUDA if available else CPU; anything else as given, checked: malformed or absent here is a ValueError."
     if device == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device: use auto, cpu, cuda or cuda:N (N an integer)") from None
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available here; use device='auto' or 'cpu'")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} but MPS (Apple's GPU) is not available here; use device='auto' or 'cpu'")
     return d
 
 # %% ../nbs/00_utils.ipynb #fabe71ad

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from dropout_residual.checkpoint import load_checkpoint, load_run, save_checkpoint
-from dropout_residual.config import GPTConfig, TrainConfig
+from dropout_residual.config import GPTConfig, TrainConfig, apply_overrides
 from dropout_residual.data import CharTokenizer, TokenData
 from dropout_residual.dynamics import convergence, linear_cka, make_probe
 from dropout_residual.model import GPT
@@ -385,3 +385,67 @@ def _(ws):
 @case('cli-sample-nan-weights', 'cli', CLIError, 'ckpt.pt holds non-finite weights (NaN or inf) in tensor wte.weight',
       setup=nan_weights, exit_code=2)
 def _(ws): cli('sample', '--run', str(ws/'run'))
+# ---------------------------------------------------------------- reliability round 2: silent wrong results, one-line failures
+def summary_member(ws: Path, **change):
+    "Copy `tiny_sweep()` into `ws` and change its run's summary.json: `members=[]`, or fields of its first member."
+    f = sweep_run(sweep_copy(ws)); s = read_json(f/'summary.json')
+    if 'members' in change: s['members'] = change['members']
+    else: s['members'][0].update(change)
+    write_json(f/'summary.json', s)
+
+def edit_run_json(ws: Path, **change):
+    "Copy `tiny_sweep()` into `ws` and edit its run's run.json by hand (what the tables read beside the config)."
+    f = sweep_run(sweep_copy(ws)); write_json(f/'run.json', {**read_json(f/'run.json'), **change})
+
+@case('cfg-set-bool-word', 'config', ValueError, "bias='maybe' must be a boolean")
+def _(ws): apply_overrides(GPTConfig(), TrainConfig(), ['bias=maybe'])
+
+@case('cli-set-int-text', 'cli', CLIError, "max_iters='abc'", exit_code=2)
+def _(ws): cli('train', '--preset', 'smoke', '--set', 'max_iters=abc', '--out', str(ws/'r'))
+
+@case('cli-seed-too-large', 'cli', CLIError, 'seed=', exit_code=2)
+def _(ws): cli('train', '--preset', 'smoke', '--set', 'seed=99999999999999999999', '--out', str(ws/'r'))
+
+@case('cli-device-malformed', 'cli', CLIError, "device='cuda:abc'", exit_code=2)
+def _(ws): cli('train', '--preset', 'smoke', '--device', 'cuda:abc', '--out', str(ws/'r'))
+
+@case('cli-device-mps-absent', 'cli', CLIError, "device='mps'", exit_code=2)
+def _(ws): cli('sweep', 'paper2', '--device', 'mps', '--runs', str(ws))
+
+@case('cli-data-corpus-no-path', 'cli', CLIError, '--corpus needs --path', exit_code=2)
+def _(ws): cli('data', '--corpus')
+
+@case('cli-bench-steps-zero', 'cli', CLIError, '--steps 0 must be >= 1', exit_code=2)
+def _(ws): cli('bench', 'train', '--shape', 'smoke', '--steps', '0')
+
+@case('cli-out-empty', 'cli', CLIError, '--out is empty', exit_code=2)
+def _(ws): cli('train', '--preset', 'smoke', '--out', '')
+
+@case('cli-set-out-dir', 'cli', CLIError, '--set out_dir', exit_code=2)
+def _(ws): cli('train', '--preset', 'smoke', '--set', f'out_dir={ws}/x', '--out', str(ws/'y'))
+
+@case('cli-out-name-too-long', 'cli', CLIError, 'use a shorter path', exit_code=74)
+def _(ws): cli('train', '--preset', 'smoke', '--set', 'max_iters=1', '--out', str(ws/('a' * 300)), '--quiet')
+
+@case('cli-runs-under-a-file', 'cli', CLIError, '{ws}/f', exit_code=74,
+      setup=lambda ws: write(ws/'f', 'x'))
+def _(ws): cli('sweep', 'paper2', '--label', 'fixed', '--runs', str(ws/'f'/'runs'), '--device', 'cpu', '--quiet')
+
+@case('data-one-char-corpus', 'data', ValueError, 'too few for any block_size')
+def _(ws): TokenData.from_text('a', cache=False).get_batch('train', 1, 1)
+
+@case('sweep-summary-no-members', 'sweep', ValueError, 'has no members',
+      setup=lambda ws: summary_member(ws, members=[]))
+def _(ws): load_runs(ws/'runs')
+
+@case('sweep-summary-wrong-type', 'sweep', ValueError, "members[0].best_val_loss='low' is not a number",
+      setup=lambda ws: summary_member(ws, best_val_loss='low'))
+def _(ws): load_runs(ws/'runs')
+
+@case('sweep-run-json-label-edited', 'sweep', ValueError, "label='adaptive'",
+      setup=lambda ws: edit_run_json(ws, label='adaptive'))
+def _(ws): load_runs(ws/'runs')
+
+@case('sweep-run-json-seed-edited', 'sweep', ValueError, 'seed=5',
+      setup=lambda ws: edit_run_json(ws, seed=5))
+def _(ws): load_runs(ws/'runs')
