@@ -189,7 +189,8 @@ def on_run(self: ExperimentPanel, button=None) -> SweepResult:
         raise
     except Exception as e:      # the cause in one line; the traceback goes to the log below the panel
         self.status.value = self._status_text(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "error")
-        with self.log: traceback.print_exc()
+        if live_kernel():
+            with self.log: traceback.print_exc()
         raise
     finally:
         self.run_button.disabled = False
