@@ -5,7 +5,7 @@
 # %% ../nbs/06_checkpoint.ipynb #60e93e8e
 from __future__ import annotations
 from dataclasses import asdict
-import contextlib, hashlib, os
+import contextlib, hashlib
 import io
 import json
 import re
@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from fastcore.basics import patch
 
-from .utils import _jsonable, atomic_write_bytes, read_json, remove_stale_writes, resolve_device
+from .utils import _jsonable, atomic_write_bytes, hold_lock, read_json, remove_stale_writes, resolve_device
 from .data import CharTokenizer, TokenData
 from .config import GPTConfig, TrainConfig
 from .model import GPT
@@ -196,18 +196,10 @@ class RunBusyError(RuntimeError):
 @contextlib.contextmanager
 def lock(self: RunFolder):
     "Hold the exclusive training lock of the run folder (a `flock` on the folder); a lock held elsewhere is a `RunBusyError`."
-    try: import fcntl
-    except ImportError: yield; return                # no flock on this platform: unlocked
     self.path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(self.path, os.O_RDONLY)
-    try:
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunBusyError(f"run folder {self.path} is being trained by another process (it holds the folder's lock); "
-                               f"let it finish, or train into another out_dir (--out)") from None
-        except OSError: pass                         # a file system without flock on folders (some NFS): unlocked
-        yield
-    finally: os.close(fd)                            # closing the descriptor releases the lock
+    busy = lambda _: RunBusyError(f"run folder {self.path} is being trained by another process (it holds the folder's lock); "
+                                  f"let it finish, or train into another out_dir (--out)")
+    with hold_lock(self.path, busy): yield
 
 # %% ../nbs/06_checkpoint.ipynb #e797bfca
 @patch

@@ -4,17 +4,17 @@
 
 # %% ../nbs/02_config.ipynb #2f0fcf1f
 from __future__ import annotations
-import ast, dataclasses, difflib, math
+import ast, dataclasses, math
 from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
 from fastcore.basics import patch
 
-from .utils import _check_keys
+from .utils import _check_keys, closest_name
 
 # %% auto #0
-__all__ = ['DROPOUT_SITES', 'SKIP_MODES', 'GENERATE_WINDOWS', 'COMPILE_MODES', 'PRESETS', 'GPTConfig', 'Members', 'TrainConfig',
-           'preset_configs', 'apply_overrides']
+__all__ = ['DROPOUT_SITES', 'SKIP_MODES', 'GENERATE_WINDOWS', 'COMPILE_MODES', 'GPTConfig', 'Members', 'TrainConfig',
+           'apply_overrides']
 
 # %% ../nbs/02_config.ipynb #f028afe4
 DROPOUT_SITES = ("embd", "attn", "proj", "mlp", "skip")
@@ -342,16 +342,6 @@ def smoke(cls: TrainConfig, **kw) -> TrainConfig:
                          lr_decay_iters=None, eval_interval=4, eval_iters=2, log_interval=1, ckpt_interval=4,
                          device="auto"), **kw})
 
-# %% ../nbs/02_config.ipynb #86b75008
-PRESETS = ("smoke", "paper1", "paper2")
-
-def preset_configs(name: str) -> tuple[GPTConfig, TrainConfig]:
-    "`(GPTConfig.NAME(), TrainConfig.NAME())` for a preset name; an unknown name suggests the closest."
-    if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        raise ValueError(f"preset={name!r} is unknown" + (f"; did you mean {close[0]!r}?" if close else "") + f" (presets: {', '.join(PRESETS)})")
-    return getattr(GPTConfig, name)(), getattr(TrainConfig, name)()
-
 # %% ../nbs/02_config.ipynb #f452e85e
 def _parse_value(s: str):
     s = s.strip()
@@ -391,8 +381,8 @@ def apply_overrides(model_cfg: GPTConfig, train_cfg: TrainConfig, overrides: dic
         in_m, in_t = name in mnames and scope != "train", name in tnames and scope != "model"
         if not (in_m or in_t):
             pool = (mnames if scope == "model" else []) + (tnames if scope == "train" else []) or mnames + tnames
-            close = difflib.get_close_matches(name, pool, n=1)
-            raise ValueError(f"unknown config key {k!r}" + (f"; did you mean {close[0]!r}?" if close else "") +
+            close = closest_name(name, pool)
+            raise ValueError(f"unknown config key {k!r}" + (f"; did you mean {close!r}?" if close else "") +
                              f" (GPTConfig: {', '.join(mnames)}; TrainConfig: {', '.join(tnames)})")
         if in_m: m[name] = _coerce(v, getattr(model_cfg, name), name, mtypes[name])
         if in_t: t[name] = _coerce(v, getattr(train_cfg, name), name, ttypes[name])

@@ -5,7 +5,7 @@
 # %% ../nbs/12_sweep.ipynb #0613d487
 from __future__ import annotations
 import dropout_residual
-import contextlib, dataclasses, json, math, os, platform, shutil, time
+import dataclasses, json, math, os, shutil, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from .utils import _closest, _jsonable, read_json, resolve_device, show_progress, write_json
+from .utils import _closest, _jsonable, hold_lock, read_json, resolve_device, show_progress, write_json
 from .model import GPT
 from .schedules import schedule_from_dict
 from .checkpoint import RunFolder, load_checkpoint, load_run
@@ -121,25 +121,10 @@ def plan_groups(specs: Sequence[RunSpec], root: Path|str|None = None, device: st
 class GroupBusyError(RuntimeError):
     "A member group that another process is training right now."
 
-@contextlib.contextmanager
-def _flock(path: Path, busy: Callable|None = None):
-    "Hold an exclusive lock on the file `path`: wait for it, or (given `busy`) raise `busy(holder)` if it is held elsewhere."
-    try: import fcntl
-    except ImportError: yield; return                # no flock on this platform: unlocked
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
-        except BlockingIOError:
-            f.seek(0); raise busy(f.read().strip() or "an unknown process") from None
-        try:
-            f.seek(0); f.truncate(); f.write(f"pid {os.getpid()} on {platform.node()}"); f.flush()
-            yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
-
 def group_lock(gdir: Path|str):
     "Hold the exclusive training lock of the group folder `gdir`; a lock held elsewhere is a `GroupBusyError`."
     gdir = Path(gdir)
-    return _flock(gdir/".lock", lambda holder: GroupBusyError(
+    return hold_lock(gdir/".lock", lambda holder: GroupBusyError(
         f"group {gdir} is being trained by {holder}; let it finish, then run the sweep again (its finished runs are found, not retrained)"))
 
 # %% ../nbs/12_sweep.ipynb #544b2412
@@ -290,7 +275,7 @@ def train_options(specs: Sequence[RunSpec], overrides: dict|Sequence[str]|None) 
 
 def plan_lock(root: Path|str):
     "Hold the results root's planning lock, waiting for it: two sweeps never plan (and so train) the same runs at once."
-    return _flock(Path(root)/".plan.lock")
+    return hold_lock(Path(root)/".plan.lock")
 
 # %% ../nbs/12_sweep.ipynb #7092c3c6
 @dataclass

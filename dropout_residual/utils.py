@@ -6,7 +6,7 @@
 from __future__ import annotations
 import torch.nn as nn
 import glob, dataclasses
-import contextlib, difflib, json, math, os, sys, tempfile
+import contextlib, difflib, json, math, os, platform, sys, tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['atomic_write_bytes', 'remove_stale_writes', 'write_json', 'read_json', 'closest_name', 'eval_mode', 'synchronize',
-           'resolve_device', 'show_progress']
+__all__ = ['atomic_write_bytes', 'remove_stale_writes', 'write_json', 'read_json', 'closest_name', 'hold_lock', 'eval_mode',
+           'synchronize', 'resolve_device', 'show_progress']
 
 # %% ../nbs/00_utils.ipynb #7e923ab5
 def _umask() -> int:
@@ -95,6 +95,28 @@ def _check_keys(d: dict, cls):
         if k not in names:
             c = closest_name(k, names)
             raise ValueError(f"{cls.__name__} has no field {k!r}" + (f"; did you mean {c!r}?" if c else f"; fields: {', '.join(names)}"))
+
+# %% ../nbs/00_utils.ipynb #ad0a36ab
+@contextlib.contextmanager
+def hold_lock(path: Path|str, busy=None):
+    "Hold an exclusive lock on the file (or folder) `path`: wait, or (given `busy`) raise `busy(holder)` if it is held."
+    try: import fcntl
+    except ImportError: yield; return                # no flock on this platform: unlocked
+    path = Path(path)
+    folder = path.is_dir()
+    if not folder: path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY) if folder else os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try: fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+        except BlockingIOError:
+            holder = "" if folder else os.pread(fd, 200, 0).decode(errors="replace").strip()
+            raise busy(holder or "another process") from None
+        except OSError:
+            if not folder: raise
+            yield; return                            # a file system without flock on folders (some NFS): unlocked
+        if not folder: os.ftruncate(fd, 0); os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)
+        yield
+    finally: os.close(fd)                            # closing the descriptor releases the lock
 
 # %% ../nbs/00_utils.ipynb #2c8b483f
 @contextlib.contextmanager
