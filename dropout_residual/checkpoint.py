@@ -135,10 +135,14 @@ def write_config(self: RunFolder, configs: dict) -> Path:
 def read_config(self: RunFolder) -> dict:
     "config.json as a dict; an error naming the file if the folder is not a run folder or the file is not JSON."
     if not self.config.is_file(): raise FileNotFoundError(f"{self.path} is not a run folder: {self.config} is missing")
-    try: return json.loads(self.config.read_text(encoding="utf-8"))
+    try: cfgs = json.loads(self.config.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{self.config} is corrupt, not valid JSON ({e}); restore it, or train the run again with the same "
                          f"configs and resume=True (train() writes config.json again)") from None
+    missing = [k for k in ("model", "train") if not isinstance(cfgs, dict) or not isinstance(cfgs.get(k), dict)]
+    if missing: raise ValueError(f"{self.config} is not a run's config: it has no {' or '.join(repr(k) for k in missing)} mapping; "
+                                 f"restore it, or train the run again with resume=True (train() writes config.json again)")
+    return cfgs
 
 @patch
 def write_summary(self: RunFolder, summary: dict) -> Path:
@@ -285,6 +289,9 @@ def load_run(out_dir: Path|str, device: str|torch.device = "cpu") -> tuple[GPT, 
     mcfg = GPTConfig.from_dict(cfgs["model"])
     tcfg = TrainConfig.from_dict(cfgs["train"])
     st = rf.load_ckpt()
+    missing = [k for k in ("model", "step") if k not in st]
+    if missing: raise CheckpointError(f"checkpoint {rf.ckpt} has no {' or '.join(repr(k) for k in missing)}: it is not a training "
+                                      f"checkpoint of this package; delete it and train again")
     _check_config_matches(rf, cfgs["model"], st.get("model_config"))
     check_finite(rf.ckpt, st["model"])
     model = GPT(mcfg)

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from dropout_residual.checkpoint import load_checkpoint, load_run, save_checkpoint
+from dropout_residual.checkpoint import CheckpointError, load_checkpoint, load_run, save_checkpoint
 from dropout_residual.config import GPTConfig, TrainConfig, apply_overrides
 from dropout_residual.data import CharTokenizer, TokenData
 from dropout_residual.dynamics import convergence, linear_cka, make_probe
@@ -449,3 +449,15 @@ def _(ws): load_runs(ws/'runs')
 @case('sweep-run-json-seed-edited', 'sweep', ValueError, 'seed=5',
       setup=lambda ws: edit_run_json(ws, seed=5))
 def _(ws): load_runs(ws/'runs')
+
+@case('run-config-not-a-mapping', 'checkpoint', ValueError, "{ws}/run/config.json is not a run's config: it has no 'model' or 'train' mapping",
+      setup=lambda ws: (run_copy(ws)/'config.json').write_text('[1, 2]'))
+def _(ws): load_run(ws/'run')
+
+@case('run-config-lacks-model', 'checkpoint', ValueError, "{ws}/run/config.json is not a run's config: it has no 'model' mapping",
+      setup=lambda ws: (run_copy(ws)/'config.json').write_text('{"train": {}}'))
+def _(ws): load_run(ws/'run')
+
+@case('ckpt-lacks-model', 'checkpoint', CheckpointError, "checkpoint {ws}/run/ckpt.pt has no 'model'",
+      setup=lambda ws: edit_ckpt(run_copy(ws)/'ckpt.pt', lambda st: st.pop('model')))
+def _(ws): load_run(ws/'run')
