@@ -241,6 +241,7 @@ class TrainConfig:
     ckpt_interval: int|None = 250     # None: only at the end (and on interrupt)
     out_dir: str|None = None
     analysis_ckpts: str|list[int]|None = None  # None | "log" | list of steps
+    train_tokens: int|None = None     # train on the first N tokens of the train split only (None: all); val stays whole
 
     def __post_init__(self):
         self._check_schedule()
@@ -288,6 +289,9 @@ def _check_run(self: TrainConfig):
            f"compile_mode={self.compile_mode!r} must be None (torch's default) or one of {', '.join(map(repr, COMPILE_MODES))}")
     if self.ckpt_interval is not None:
         _check(isinstance(self.ckpt_interval, int) and self.ckpt_interval >= 1, f"ckpt_interval={self.ckpt_interval!r} must be an integer >= 1 or None")
+    if self.train_tokens is not None:
+        _check(isinstance(self.train_tokens, int) and not isinstance(self.train_tokens, bool) and self.train_tokens > self.block_size,
+               f"train_tokens={self.train_tokens!r} must be None (the whole train split) or an integer > block_size={self.block_size}")
     a = self.analysis_ckpts
     if isinstance(a, tuple): a = self.analysis_ckpts = list(a)
     _check(a is None or a == "log" or (isinstance(a, list) and all(isinstance(s, int) and 0 <= s <= self.max_iters for s in a)),

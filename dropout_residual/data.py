@@ -200,6 +200,12 @@ class TokenData:
         if split not in ("train", "val"): raise ValueError(f"split={split!r} must be 'train' or 'val'")
         return self.train if split == "train" else self.val
 
+    def head(self, n: int) -> TokenData:
+        "The same corpus with only the first `n` tokens of the train split (the val split whole): a smaller train set."
+        if not (isinstance(n, int) and 1 < n): raise ValueError(f"n={n!r} must be an integer > 1 (tokens of the train split to keep)")
+        if n > len(self.train): raise ValueError(f"n={n:,} exceeds the train split's {len(self.train):,} tokens; use n <= {len(self.train):,}")
+        return TokenData(self.tokenizer, self.train[:n].clone(), self.val, f"{self.source} (first {n:,} train tokens)" if self.source else "")
+
     def get_batch(self, split: str, batch_size: int, block_size: int, device: str|torch.device = "cpu",
                   generator: torch.Generator|list[torch.Generator]|None = None) -> tuple[torch.Tensor, torch.Tensor]:
         "Random windows `(x, y)` of int64 ids, `(B, T)`, or `(E, B, T)` for a list of E generators."

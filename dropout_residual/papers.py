@@ -18,7 +18,7 @@ __all__ = ['SWEEP_PRESETS', 'PAPER1', 'PAPER2', 'PAPER3', 'EXPERIMENTS', 'Config
            'get_experiment', 'Hypothesis', 'experiment_configs', 'experiment_runs']
 
 # %% ../nbs/10_papers.ipynb #ef6d5c04
-SWEEP_PRESETS = ("smoke", "quick", "paper")
+SWEEP_PRESETS = ("smoke", "quick", "regime", "paper")
 
 @dataclass
 class Configuration:
@@ -29,6 +29,7 @@ class Configuration:
     schedule: str|None = None                     # schedule_from_spec string; None: constant config rates
     reported: dict = field(default_factory=dict)  # metric -> the paper's value for exactly this configuration
     note: str = ""
+    presets: tuple = ()                           # run only at these presets (empty: at every preset)
 
 @dataclass
 class Claim:
@@ -97,6 +98,12 @@ PAPER1 = Experiment(
                              train={"max_iters": 1000, "batch_size": 8, "block_size": 32, "warmup_iters": 50,
                                     "lr_decay_iters": 1000, "eval_interval": 100, "eval_iters": 10, "ckpt_interval": 250},
                              about="4 layers, n_embd 32, block 32, 1000 iterations"),
+             "regime": Preset("paper1", model={"n_layer": 8, "n_head": 4, "n_embd": 128, "block_size": 64},
+                              train={"max_iters": 3000, "batch_size": 16, "block_size": 64, "lr": 2e-3, "min_lr": 2e-4,
+                                      "warmup_iters": 100, "lr_decay_iters": 3000, "eval_interval": 250, "eval_iters": 100,
+                                      "ckpt_interval": 500, "train_tokens": 100_000},
+                              about="8 layers (skip-4 spans two skips), n_embd 128, block 64, batch 16, 3000 iterations on "
+                                    "the first 100,000 train tokens (about 31 epochs): a proxy of the paper's overfitting regime"),
              "smoke": Preset("smoke", model={"n_layer": 4, "n_embd": 16, "block_size": 16},
                              about="4 layers (so skip-4 exists), n_embd 16, block 16, 8 iterations")},
     baseline="skip1-attn0-mlp0-sd0",   # nanoGPT's own model: no dropout, the standard residual
@@ -115,12 +122,19 @@ PAPER2 = Experiment(
         Configuration("adaptive", schedule="adaptive:p0=0.2,step_size=0.01,p_min=0,p_max=0.5",
                       reported={"best_val_loss": 1.4722, "final_train_loss": 0.7763}, note="the paper's val-loss schedule"),
         Configuration("early", schedule="early:p=0.2,cutoff={n_5}"),
-        Configuration("late", schedule="late:p=0.2,cutoff={n_2}")],
+        Configuration("late", schedule="late:p=0.2,cutoff={n_2}"),
+        Configuration("none", schedule="constant:p=0", presets=("regime",), note="no dropout: the regime's reference")],
     presets={"paper": Preset("paper2", about="nanoGPT shakespeare_char: 6x6x384, block 256, batch 64, 5000 iterations"),
              "quick": Preset("paper2", model={"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
                              train={"max_iters": 1000, "batch_size": 16, "block_size": 64, "warmup_iters": 50,
                                     "lr_decay_iters": 1000, "eval_interval": 100, "eval_iters": 10, "ckpt_interval": 250},
                              about="2 layers, n_embd 64, block 64, batch 16, 1000 iterations"),
+             "regime": Preset("paper2", model={"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64},
+                              train={"max_iters": 3000, "batch_size": 16, "block_size": 64, "lr": 2e-3, "min_lr": 2e-4,
+                                      "warmup_iters": 100, "lr_decay_iters": 3000, "eval_interval": 250, "eval_iters": 100,
+                                      "ckpt_interval": 500, "train_tokens": 100_000},
+                              about="4 layers, n_embd 128, block 64, batch 16, 3000 iterations on the first 100,000 train "
+                                    "tokens (about 31 epochs): a proxy of nanoGPT's overfitting regime"),
              "smoke": Preset("smoke", model={"n_layer": 2, "n_embd": 16, "block_size": 16}, about="2 layers, n_embd 16, 8 iterations")},
     baseline="fixed", figures=("best", "curves", "rates", "paired"),
     notes="Inference speed does not depend on a training-time dropout schedule; see the benchmark chapter.")
@@ -141,6 +155,13 @@ PAPER3 = Experiment(
                                     "lr_decay_iters": 600, "eval_interval": 50, "eval_iters": 10, "ckpt_interval": 200,
                                     "analysis_ckpts": "log"},
                              about="widths 16..128 at depth 6, depths 2, 4, 8 at width 32; block 64, batch 16, 600 iterations"),
+             "regime": Preset("paper2", scale={"n_embd": 0.25}, model={"n_head": 2, "block_size": 64, "attn_dropout": 0.0,
+                                                "proj_dropout": 0.0, "mlp_dropout": 0.0, "embd_dropout": 0.0},
+                              train={"max_iters": 3000, "batch_size": 16, "block_size": 64, "warmup_iters": 100,
+                                     "lr_decay_iters": 3000, "eval_interval": 100, "eval_iters": 100, "ckpt_interval": 500,
+                                     "analysis_ckpts": "log"},
+                              about="the quick family trained 5 times longer (3000 iterations) towards convergence, "
+                                    "checked by the `converged` indicator"),
              "smoke": Preset("smoke", scale={"n_embd": 1/16}, model={"n_head": 2, "block_size": 16}, train={"analysis_ckpts": "log"},
                              about="widths 4..32")},
     figures=("best", "curves", "cka", "settling", "per_vs_cka"),
@@ -177,8 +198,8 @@ PAPER1.hypotheses = [
     Hypothesis("skip-4 is worse than skip-1 even with skip dropout 0.99", "skip4-attn0.2-mlp0-sd0.99", f"{_S1}0.025", ">"),
     Hypothesis("the differences between the best configurations are marginal (within 0.01)", "skip2-attn0.2-mlp0-sd0.99",
                f"{_S1}0.025", "=", margin=0.01)]
-PAPER2.hypotheses = [Hypothesis(f"the {s} schedule beats fixed dropout 0.2", s, "fixed")
-                     for s in ("linear", "exponential", "cosine", "adaptive")]
+PAPER2.hypotheses = [Hypothesis("fixed dropout 0.2 beats no dropout (why nanoGPT uses it)", "fixed", "none")] + [
+    Hypothesis(f"the {s} schedule beats fixed dropout 0.2", s, "fixed") for s in ("linear", "exponential", "cosine", "adaptive")]
 _OVERFIT = {"max_val": 2.0, "min_gap": 0.1, "min_rise": 0.02}   # far below the bigram level (2.48), overfitting
 PAPER1.regime = {"no_dropout": "skip1-attn0-mlp0-sd0", **_OVERFIT}
 PAPER2.regime = {"no_dropout": "none", **_OVERFIT}
@@ -223,7 +244,9 @@ def experiment_runs(experiment: str|Experiment, preset: str = "smoke", seeds: in
         if bad: raise ValueError(f"config key {bad[0]!r} cannot be overridden in a sweep: use seeds=/--seeds, device=/--device; "
                                  "the run store chooses out_dir")
         apply_overrides(m0, t0, overrides)   # unknown keys fail here, before anything is built
-    confs = [exp.configuration(l) for l in labels] if labels else exp.configurations
+    confs = [exp.configuration(l) for l in labels] if labels else [c for c in exp.configurations if not c.presets or preset in c.presets]
+    off = [c.label for c in confs if c.presets and preset not in c.presets]
+    if off: raise ValueError(f"label={off[0]!r} is run only at preset(s) {', '.join(exp.configuration(off[0]).presets)}, not at preset={preset!r}")
     specs = []
     for c in confs:
         mc = {k: (type(v)(round(v * p.scale[k])) if k in p.scale else v) for k, v in c.model.items()}

@@ -4,6 +4,7 @@
 
 # %% ../nbs/15_report.ipynb #7130f6ca
 from __future__ import annotations
+import pandas as pd
 import time
 from pathlib import Path
 from typing import Sequence
@@ -13,10 +14,20 @@ from .utils import _closest, atomic_write_bytes, show_progress
 from .store import RUN_COLUMNS, runs_root
 from .papers import SWEEP_PRESETS, get_experiment
 from .sweep import SweepResult, _say, sweep
-from .viz import draw_figures, save_figure
+from .stats import regime_indicators, settle_by_seed, to_markdown, verdicts
+from .viz import FigureData, draw_figures, save_figure
 
 # %% auto #0
-__all__ = ['write_results', 'reproduce']
+__all__ = ['sweep_verdicts', 'write_results', 'reproduce']
+
+# %% ../nbs/15_report.ipynb #dcb3f778
+def sweep_verdicts(res: SweepResult, cache: dict|None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(verdicts, regime indicators) of a sweep: one row per claim of its experiment, beside the indicators that say if it counts."
+    d = FigureData(res, cache if cache is not None else {})
+    regime = regime_indicators(res.experiment, d.hist)
+    needs_settle = any(h.metric == "settle_frac" for h in res.experiment.hypotheses)
+    settle = settle_by_seed(d.conv) if needs_settle and len(d.done) else None
+    return verdicts(res.experiment, res.runs, regime, res.preset, settle), regime
 
 # %% ../nbs/15_report.ipynb #29641c2b
 def write_results(res: SweepResult, folder: Path|str, cache: dict|None = None) -> list[Path]:
@@ -26,25 +37,34 @@ def write_results(res: SweepResult, folder: Path|str, cache: dict|None = None) -
     tables = {"table.csv": res.table.to_csv(index=False), "claims.csv": res.claims.to_csv(index=False),
               "runs.csv": res.runs[RUN_COLUMNS].to_csv(index=False), "table.md": res.report() + "\n"}
     if len(paired := res.paired): tables["paired.csv"] = paired.to_csv(index=False)
+    cache = cache if cache is not None else {}
+    figures = draw_figures(res, cache=cache)                     # fills `cache` with paper 3's convergence tables
+    verdict, regime = sweep_verdicts(res, cache)
+    tables.update({"verdicts.csv": verdict.to_csv(index=False), "regime.csv": regime.to_csv(index=False)})
+    tables["table.md"] += "\n## Verdicts\n\n" + to_markdown(verdict.drop(columns=["regime"])) + "\n\nRegime indicators:\n\n" + to_markdown(regime) + "\n"
     files = [atomic_write_bytes(folder/f"{n}_{k}", v.encode()) for k, v in tables.items()]
-    for name, fig in draw_figures(res, cache=cache).items():
+    for name, fig in figures.items():
         files.append(save_figure(fig, folder/f"{n}_{name}.png", close=True))
     return files
 
 def reproduce(preset: str = "quick", root: Path|str|None = None, seeds: int|Sequence[int] = 1, executor: str = "local",
               experiments: Sequence[str] = ("paper1", "paper2", "paper3"), device: str = "auto",
               max_members: int|None = None, progress: bool|None = None) -> dict[str, SweepResult]:
-    "Sweep every paper's experiment and write tables and figures under `<root>/results/<preset>/`."
+    "Sweep every paper's experiment and write tables, figures, `verdicts.csv` and `report.md` under `<root>/results/<preset>/`."
     exps = [get_experiment(e) for e in experiments]
     if preset not in SWEEP_PRESETS: raise ValueError(f"preset={preset!r} is unknown{_closest(preset, SWEEP_PRESETS)}")
     root = runs_root(root)
-    out, results, md = root/"results"/preset, {}, []
+    out, results, md, verdict = root/"results"/preset, {}, [], []
     for e in exps:
         t0 = time.perf_counter()
         res = results[e.name] = sweep(e, preset, seeds, executor, root, device=device, max_members=max_members, progress=progress)
         figs = [p.name for p in write_results(res, out) if p.suffix == ".png"]
+        verdict.append(pd.read_csv(out/f"{e.name}_verdicts.csv"))
         md += [res.report(), "", *[f"![{p[:-4]}]({p})" for p in figs], "",
                f"({len(res.runs)} runs, {res.trained} trained now, {time.perf_counter() - t0:.0f} s)", ""]
-    atomic_write_bytes(out/"README.md", (f"# Reproduction, preset {preset}\n\n" + "\n".join(md)).encode())
+    v = pd.concat(verdict, ignore_index=True)
+    atomic_write_bytes(out/"verdicts.csv", v.to_csv(index=False).encode())
+    head = [f"# Reproduction, preset {preset}", "", "## Verdicts", "", to_markdown(v.drop(columns=["regime"])), ""]
+    atomic_write_bytes(out/"report.md", "\n".join(head + md).encode())
     _say(show_progress(progress), f"tables and figures written to {out}")
     return results

@@ -17,9 +17,9 @@ from .utils import _jsonable, read_json, write_json
 from .config import GPTConfig, TrainConfig
 
 # %% auto #0
-__all__ = ['RUNS_ENV', 'RUN_EXCLUDE', 'IDENTITY_KEYS', 'RUN_COLUMNS', 'runs_root', 'read_history', 'normalise_config',
-           'config_hash', 'RunCollisionError', 'RunSpec', 'check_run_folder', 'identity_hash', 'prepare_run',
-           'run_state', 'spec_from_folder', 'load_runs', 'load_histories']
+__all__ = ['RUNS_ENV', 'RUN_EXCLUDE', 'RUN_OPTIONAL', 'IDENTITY_KEYS', 'RUN_COLUMNS', 'runs_root', 'read_history',
+           'normalise_config', 'config_hash', 'RunCollisionError', 'RunSpec', 'check_run_folder', 'identity_hash',
+           'prepare_run', 'run_state', 'spec_from_folder', 'load_runs', 'load_histories']
 
 # %% ../nbs/09_store.ipynb #903fc865
 RUNS_ENV = "DROPOUT_RESIDUAL_RUNS"
@@ -44,11 +44,13 @@ def read_history(path: Path|str) -> pd.DataFrame:
 # %% ../nbs/09_store.ipynb #e953bd51
 RUN_EXCLUDE = ("out_dir", "device", "compile", "compile_mode", "ckpt_interval")  # TrainConfig fields that do not change what a run trains
 
+RUN_OPTIONAL = ("train_tokens",)   # fields added later: left out of the identity when unset, so earlier run ids stay
+
 def normalise_config(model_cfg, train_cfg, schedule: dict|None = None) -> dict:
     "The JSON-ready identity of one run: model cfg, train cfg less `RUN_EXCLUDE`, schedule dict."
     m, t = _jsonable(model_cfg), _jsonable(train_cfg)
     if hasattr(schedule, "to_dict"): schedule = schedule.to_dict()
-    return {"model": m, "train": {k: v for k, v in t.items() if k not in RUN_EXCLUDE},
+    return {"model": m, "train": {k: v for k, v in t.items() if k not in RUN_EXCLUDE and not (k in RUN_OPTIONAL and v is None)},
             "schedule": _jsonable(schedule)}
 
 def config_hash(config: dict, version: str|None = None) -> str:

@@ -502,6 +502,11 @@ def _agree_stop(s: TrainState, requested: bool, log_now: bool) -> bool:
     return log_now and bool(_all_mean(torch.tensor([float(requested)], device=s.device), s.world).item() > 0)
 
 # %% ../nbs/07_train.ipynb #74487ea0
+def _train_data(cfg: TrainConfig, data: TokenData|None) -> TokenData:
+    "The data a run trains on: `data` (default Tiny Shakespeare), cut to its first `cfg.train_tokens` train tokens if set."
+    data = data if data is not None else shakespeare()
+    return data.head(cfg.train_tokens) if cfg.train_tokens else data
+
 def _check_inputs(model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData):
     "Refuse data or blocks the model cannot take, naming the field to change."
     if data.vocab_size > model_cfg.vocab_size:
@@ -513,7 +518,7 @@ def _check_inputs(model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData):
 def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = None, schedules=None,
           out_dir: Path|str|None = None, resume: bool = True, progress: bool|None = None) -> TrainResult:
     "Train `model_cfg` with `train_cfg`; writes and resumes the run folder `out_dir` (or `train_cfg.out_dir`; None: no files)."
-    cfg, data = train_cfg, data if data is not None else shakespeare()
+    cfg, data = train_cfg, _train_data(train_cfg, data)
     _check_inputs(model_cfg, cfg, data)
     scheds = member_schedules(schedules, model_cfg.n_members)
     rank, world, device, dist_started = _dist_setup(resolve_device(cfg.device))

@@ -243,7 +243,10 @@ def test_cli_reproduce_smoke(tmp_path, capsys):
             assert (out/f"{e}_{f}").stat().st_size > 0
     for f in ("paper1_heatmap.png", "paper2_rates.png", "paper3_cka.png", "paper3_settling.png", "paper3_per_vs_cka.png"):
         assert (out/f).stat().st_size > 0                     # the figures each experiment names
-    assert "![paper3_cka](paper3_cka.png)" in (out/"README.md").read_text()
+    report = (out/"report.md").read_text()
+    assert "![paper3_cka](paper3_cka.png)" in report and "## Verdicts" in report
+    v = pd.read_csv(out/"verdicts.csv")
+    assert set(v.paper) == {"paper1", "paper2", "paper3"} and len(v) == 6 + 5 + 2 and set(v.verdict) <= {"supported", "contradicted", "inconclusive"}
     t = pd.read_csv(out/"paper1_table.csv")
     assert len(t) == 20 and t["paper"].notna().sum() == 2
     assert "1.5531" in (out/"paper1_table.md").read_text()
