@@ -69,7 +69,9 @@ class Experiment:
         if self.baseline is not None and self.baseline not in self.labels():
             raise ValueError(f"baseline={self.baseline!r} is not a configuration of {self.name}{_closest(self.baseline, self.labels())}")
 
-    def labels(self) -> list[str]: return [c.label for c in self.configurations]
+    def labels(self, preset: str|None = None) -> list[str]:
+        "The configurations' labels (those run at `preset`, if given)."
+        return [c.label for c in self.configurations if preset is None or not c.presets or preset in c.presets]
     def configuration(self, label: str) -> Configuration:
         "The configuration called `label`."
         for c in self.configurations:

@@ -67,9 +67,9 @@ def _build(self: ExperimentPanel, exp, preset: str, labels, seeds: int, device: 
     self.experiment = W.Dropdown(options=[(f"{e.name}: {e.title}", e.name) for e in EXPERIMENTS.values()],
                                  value=exp.name, description="experiment", style=style, layout=W.Layout(width="420px"))
     self.preset = W.Dropdown(options=list(exp.presets), value=preset, description="preset", style=style)
-    self.configs = W.SelectMultiple(options=exp.labels(), description="configurations", rows=8, style=style,
+    self.configs = W.SelectMultiple(options=exp.labels(preset), description="configurations", rows=8, style=style,
                                     layout=W.Layout(width="420px"))
-    self.configs.value = tuple(labels) if labels is not None else tuple(exp.labels())
+    self.configs.value = tuple(labels) if labels is not None else tuple(exp.labels(preset))
     self.seeds = W.BoundedIntText(value=seeds, min=1, max=100, description="seeds", style=style)
     self.device = W.Dropdown(options=devices(), value=device, description="device", style=style)
     self.skip_mode = W.ToggleButtons(options=["replace", "add"], value=skip_mode, description="skip mode", style=style,
@@ -82,6 +82,7 @@ def _build(self: ExperimentPanel, exp, preset: str, labels, seeds: int, device: 
     self.run_button.on_click(lambda b: self.on_run(b))             # the methods below, looked up when pressed
     self.show_button.on_click(lambda b: self.on_show(b))
     self.experiment.observe(lambda change: self.on_experiment(change), names="value")
+    self.preset.observe(lambda change: self.on_experiment(change), names="value")   # a preset may run other configurations
     self._sync_skip_mode()
     controls = W.VBox([self.experiment, W.HBox([self.preset, self.seeds]), self.configs,
                        W.HBox([self.device, self.skip_mode]), W.HBox([self.run_button, self.show_button]), self.status])
@@ -101,10 +102,10 @@ def _status_text(self: ExperimentPanel, msg: str, kind: str = "info") -> str:
 def on_experiment(self: ExperimentPanel, change=None) -> None:
     "The experiment changed: offer its configurations (all selected) and show skip mode for paper 1 only."
     exp = get_experiment(self.experiment.value)
-    self.configs.options = exp.labels()
-    self.configs.value = tuple(exp.labels())
+    self.configs.options = exp.labels(self.preset.value)
+    self.configs.value = tuple(exp.labels(self.preset.value))
     self._sync_skip_mode()
-    self.status.value = self._status_text(f"{exp.name}: {len(exp.labels())} configurations")
+    self.status.value = self._status_text(f"{exp.name}: {len(self.configs.options)} configurations at preset {self.preset.value}")
 
 @patch
 def selection(self: ExperimentPanel) -> dict:
