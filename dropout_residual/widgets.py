@@ -31,10 +31,13 @@ WIDGETS_ENV = "DROPOUT_RESIDUAL_WIDGETS"
 def live_kernel() -> bool:
     "True inside an IPython kernel that can display widgets (unless `$DROPOUT_RESIDUAL_WIDGETS` is 'static')."
     if os.environ.get(WIDGETS_ENV, "").lower() == "static": return False
+    return getattr(_ipython(), "kernel", None) is not None
+
+def _ipython():
+    "The running IPython shell, or None."
     try: from IPython import get_ipython
-    except ImportError: return False
-    ip = get_ipython()
-    return ip is not None and getattr(ip, "kernel", None) is not None
+    except ImportError: return None
+    return get_ipython()
 
 def devices() -> list[str]:
     "Device choices on this machine: auto, cpu, and cuda / mps where available."
@@ -43,7 +46,7 @@ def devices() -> list[str]:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): out.append("mps")
     return out
 
-# %% ../nbs/16_widgets.ipynb #4ebaa20f
+# %% ../nbs/16_widgets.ipynb #c8febc78
 _RUNNING: set[threading.Event] = set()   # the stop flags of the panel runs under way off the main thread
 _SIGINT_BEFORE = signal.SIG_DFL            # the SIGINT handler `forward_interrupts` replaced
 
@@ -57,10 +60,12 @@ def _on_sigint(signum, frame) -> None:
 def forward_interrupts() -> bool:
     "Make SIGINT set the stop flags of panel runs on other threads (installed once, from the main thread); True if in place."
     global _SIGINT_BEFORE
-    if signal.getsignal(signal.SIGINT) is _on_sigint: return True
+    kernel = getattr(_ipython(), "kernel", None)
+    in_cell = hasattr(kernel, "saved_sigint_handler")           # ipykernel puts this handler back after each cell
+    if (kernel.saved_sigint_handler if in_cell else signal.getsignal(signal.SIGINT)) is _on_sigint: return True
     if threading.current_thread() is not threading.main_thread(): return False   # only the main thread can install it
-    _SIGINT_BEFORE = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, _on_sigint)
+    if in_cell: _SIGINT_BEFORE, kernel.saved_sigint_handler = kernel.saved_sigint_handler, _on_sigint
+    else: _SIGINT_BEFORE = signal.signal(signal.SIGINT, _on_sigint)
     return True
 
 # %% ../nbs/16_widgets.ipynb #4b1af540
@@ -204,10 +209,13 @@ def on_run(self: ExperimentPanel, button=None) -> SweepResult|None:
     try:
         sel = self.selection()
         t0, ids = time.perf_counter(), self._selected_ids(sel)
+        failed = None
         with self.log:
             if show_progress(self.progress): print(f"the same from a terminal: {self.command()}", flush=True)
             on_group = lambda i, n, g: self._on_group(i, n, sel["experiment"], ids, t0)
-            self.result = sweep(progress=self.progress, on_group=on_group, stop=self._stop, **sel)
+            try: self.result = sweep(progress=self.progress, on_group=on_group, stop=self._stop, **sel)
+            except BaseException as e: failed = e   # in a live kernel the Output widget would swallow it
+        if failed is not None: raise failed
         self._draw(sel["experiment"], ids, self.result)
         self.status.value = self._status_text(f"done: {len(self.result.runs)} runs, {self._n_groups} group(s) trained now, "
                                               f"in {time.perf_counter() - t0:.0f} s", "done")
@@ -238,7 +246,7 @@ def on_show(self: ExperimentPanel, button=None) -> pd.DataFrame:
     self.status.value = self._status_text(f"stored: {done} of {len(ids)} selected runs are finished under {self.root}")
     return self.results
 
-# %% ../nbs/16_widgets.ipynb #04a9af5e
+# %% ../nbs/16_widgets.ipynb #afccd659
 @patch
 def on_stop(self: ExperimentPanel, button=None) -> None:
     "Stop the run under way at its next step boundary (its checkpoint is kept; Run resumes it)."

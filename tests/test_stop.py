@@ -1,7 +1,8 @@
 """Stopping a run with a flag instead of a signal: `train(stop=...)` checkpoints at the step boundary and resumes bitwise;
 the panel's Stop button, pressed from another thread while `on_run` trains (as ipykernel 7 runs a second Run press on a
 subshell thread), and Kernel > Interrupt's SIGINT on the main thread both stop it there, and Run resumes it exactly."""
-import os, signal, threading
+import os, signal, threading, time
+from pathlib import Path
 
 import matplotlib
 matplotlib.use("Agg")
@@ -116,3 +117,85 @@ def test_kernel_interrupt_reaches_a_run_on_another_thread(tmp_path, monkeypatch)
         signal.signal(signal.SIGINT, before)
     monkeypatch.undo()
     _assert_stopped_then_resumes_exactly(panel, th, out, tmp_path)
+
+
+KERNEL_SETUP = """
+import threading, time, torch
+from pathlib import Path
+from dropout_residual import train as T
+from dropout_residual.widgets import ExperimentPanel
+torch.set_num_threads(1)
+panel = ExperimentPanel("paper2", preset="smoke", labels=["fixed"], root={root!r}, progress=False, device="cpu")
+panel.on_run()                                   # the first press, on the main shell: trains 'fixed'
+_orig, _n = T.train_step, [0]
+def _slow_step(*a, **k):                         # slow steps, so that the interrupt lands mid-run
+    out = _orig(*a, **k); _n[0] += 1
+    if _n[0] == 2: Path({marker!r}).touch()
+    time.sleep(0.5); return out
+T.train_step = _slow_step
+panel.configs.value = ("linear",)
+print("ready", panel.status.value)
+"""
+
+
+def _kernel_execute(kc, code: str, subshell_id: str|None = None, timeout: float = WAIT_S) -> dict:
+    "Send an execute_request (to a subshell if given); returns the msg id (collect the reply with `_kernel_reply`)."
+    msg = kc.session.msg("execute_request", dict(code=code, silent=False, store_history=False, user_expressions={},
+                                                 allow_stdin=False, stop_on_error=True))
+    if subshell_id is not None: msg["header"]["subshell_id"] = subshell_id
+    kc.shell_channel.send(msg)
+    return msg["header"]["msg_id"]
+
+
+def _kernel_reply(kc, msg_id: str, timeout: float = WAIT_S) -> dict:
+    "The reply to `msg_id` and its stdout and errors, within `timeout` seconds."
+    out, deadline = {"stdout": "", "errors": [], "status": None}, time.monotonic() + timeout
+    while out["status"] is None:
+        assert time.monotonic() < deadline, f"no reply within {timeout} s; so far {out}"
+        try: m = kc.get_shell_msg(timeout=1)
+        except Exception: m = None
+        if m is not None and m["parent_header"].get("msg_id") == msg_id: out["status"] = m["content"]["status"]
+        while True:
+            try: io = kc.get_iopub_msg(timeout=0.05)
+            except Exception: break
+            if io["parent_header"].get("msg_id") != msg_id: continue
+            if io["msg_type"] == "stream": out["stdout"] += io["content"]["text"]
+            elif io["msg_type"] == "error": out["errors"].append("\n".join(io["content"]["traceback"]))
+    return out
+
+
+def test_real_kernel_interrupt_stops_a_run_pressed_on_a_subshell(tmp_path):
+    "A real ipykernel 7: Run pressed twice, the second time on a subshell thread; Kernel > Interrupt stops it with a checkpoint."
+    jc = pytest.importorskip("jupyter_client")
+    root, marker = tmp_path/"runs", tmp_path/"step2"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env.pop("PYTEST_CURRENT_TEST", None); env.pop(widgets.WIDGETS_ENV, None)
+    km = jc.KernelManager(kernel_name="python3")
+    km.start_kernel(env=env, cwd=str(tmp_path))
+    kc = km.client(); kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=WAIT_S)
+        setup = _kernel_reply(kc, _kernel_execute(kc, KERNEL_SETUP.format(root=str(root), marker=str(marker))))
+        assert setup["status"] == "ok" and "ready" in setup["stdout"], setup
+        req = kc.session.msg("create_subshell_request", {})
+        kc.control_channel.send(req)
+        rep = kc.get_control_msg(timeout=WAIT_S)
+        sid = rep["content"].get("subshell_id")
+        if sid is None: pytest.skip(f"this kernel has no subshells: {rep['content']}")
+        run = _kernel_execute(kc, "import threading; print(threading.current_thread() is threading.main_thread()); "
+                                  "print(panel.run_button.click() is None)", subshell_id=sid)
+        deadline = time.monotonic() + WAIT_S
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the second run never reached step 2"
+            time.sleep(0.1)
+        km.interrupt_kernel()                                     # Kernel > Interrupt: a SIGINT to the kernel
+        second = _kernel_reply(kc, run)
+        assert second["stdout"].split()[0] == "False", second     # the press ran off the main thread
+        check = _kernel_reply(kc, _kernel_execute(kc, "print(panel.status.value)"))
+        assert "stopped:" in check["stdout"] and "press Run to resume" in check["stdout"], (check, second)
+    finally:
+        kc.stop_channels(); km.shutdown_kernel(now=True)
+    (ck,) = (root/"paper2"/"_groups").glob("*/ckpt.pt")
+    c = load_checkpoint(ck)
+    assert c["kind"] == "interrupt" and 2 <= c["step"] < 8, (c["kind"], c["step"])
