@@ -159,9 +159,9 @@ def _write_member(gdir: Path, i: int, spec: RunSpec, folder: Path, model, hist: 
                       "group": gdir.name, "group_member": i, "group_size": summary.get("n_members")})
 
 def run_group(group_dir: Path|str, device: str = "auto", progress: bool|None = None, data=None,
-              options: dict|None = None) -> list[str]:
-    "Train the member group in `group_dir` (resuming; `options`: `RUN_OPTIONS` fields) and write every unfinished member's run folder; returns their run ids."
-    with group_lock(group_dir): return _train_group(Path(group_dir), device, progress, data, options)
+              options: dict|None = None, stop=None) -> list[str]:
+    "Train the member group in `group_dir` (resuming; `options`: `RUN_OPTIONS` fields; `stop`: `train`'s) and write every unfinished member's run folder; returns their run ids."
+    with group_lock(group_dir): return _train_group(Path(group_dir), device, progress, data, options, stop)
 
 def _name_member(e: NonFiniteLossError, specs: Sequence[RunSpec], folders: Sequence[Path]) -> NonFiniteLossError:
     "The NaN error of a group, naming the member's run (label, seed, run id) instead of its index in the group."
@@ -169,7 +169,7 @@ def _name_member(e: NonFiniteLossError, specs: Sequence[RunSpec], folders: Seque
     e.args = (str(e).replace(f"member {e.member} ", f"run {s.label!r} seed {s.seed} (run id {f.name}, member {e.member} of group {f.parent.name}/_groups) ", 1),)
     return e
 
-def _train_group(gdir: Path, device: str, progress: bool|None, data, options: dict|None = None) -> list[str]:
+def _train_group(gdir: Path, device: str, progress: bool|None, data, options: dict|None = None, stop=None) -> list[str]:
     man = read_json(gdir/"group.json")
     folders = [gdir.parent.parent/rid for rid in man["members"]]
     todo = [i for i, f in enumerate(folders) if run_state(f) != "done"]
@@ -182,7 +182,7 @@ def _train_group(gdir: Path, device: str, progress: bool|None, data, options: di
         hist, summary = read_history(gdir/"history.csv"), read_json(gdir/"summary.json")
     else:
         try: res = train(mcfg, tcfg, data if data is not None else _data(), schedules=scheds, out_dir=gdir,
-                         resume=not done, progress=progress)
+                         resume=not done, progress=progress, stop=stop)
         except NonFiniteLossError as e: raise _name_member(e, specs, folders)
         model, hist, summary = res.model, res.history, res.summary
     model = model.cpu()
@@ -207,22 +207,23 @@ def _group_line(gdir: Path) -> str:
     return f"{len(man['members'])} members ({', '.join(labels[:4])}{', ...' if len(labels) > 4 else ''})"
 
 def run_groups(groups: Sequence[Path], executor: str = "local", device: str = "auto", progress: bool|None = None,
-               on_group: Callable|None = None, options: dict|None = None) -> None:
-    "Train `groups` (folders from `plan_groups`) with the `local` or `ray` executor; `on_group(i, n, gdir)` after each."
+               on_group: Callable|None = None, options: dict|None = None, stop=None) -> None:
+    "Train `groups` (folders from `plan_groups`) with the `local` or `ray` executor; `on_group(i, n, gdir)` after each; `stop.is_set()`: stop (`KeyboardInterrupt`)."
     if executor not in EXECUTORS: raise ValueError(f"executor={executor!r} is unknown{_closest(executor, EXECUTORS)}")
     progress = show_progress(progress)
     run = _run_ray if executor == "ray" else _run_local
-    busy = run(groups, device, progress, on_group or (lambda i, n, g: None), options or {})
+    busy = run(groups, device, progress, on_group or (lambda i, n, g: None), options or {}, stop)
     if busy: raise GroupBusyError(f"{len(busy)} of {len(groups)} groups were being trained by another process, "
                                   f"the others are done:\n  " + "\n  ".join(busy))
 
-def _run_local(groups: Sequence[Path], device: str, progress: bool, on_group: Callable, options: dict) -> list[str]:
+def _run_local(groups: Sequence[Path], device: str, progress: bool, on_group: Callable, options: dict, stop=None) -> list[str]:
     "Run the groups one after another here; returns the errors of those another process was training."
     busy = []
     for j, g in enumerate(groups):
+        if stop is not None and stop.is_set(): raise KeyboardInterrupt   # stopped between groups: plan no further one
         t0 = time.perf_counter()
         _say(progress, f"[group {j+1}/{len(groups)}] {_group_line(g)}: training")
-        try: written = run_group(g, device, progress, options=options)
+        try: written = run_group(g, device, progress, options=options, stop=stop)
         except GroupBusyError as e: busy.append(str(e)); _say(progress, f"[group {j+1}/{len(groups)}] skipped: {e}"); continue
         _say(progress, f"[group {j+1}/{len(groups)}] wrote {len(written)} runs in {time.perf_counter()-t0:.1f} s")
         on_group(j + 1, len(groups), g)
@@ -237,7 +238,7 @@ def _import_ray():
         raise ValueError("executor='ray' needs Ray, which is not installed: pip install 'dropout_residual[ray]' "
                          "(or pip install ray), or use executor='local'") from None
 
-def _run_ray(groups: Sequence[Path], device: str, progress: bool, on_group: Callable, options: dict) -> list[str]:
+def _run_ray(groups: Sequence[Path], device: str, progress: bool, on_group: Callable, options: dict, stop=None) -> list[str]:
     "Run the groups as Ray tasks; returns the errors of those another process was training."
     ray = _import_ray()
     started = not ray.is_initialized()
@@ -251,7 +252,10 @@ def _run_ray(groups: Sequence[Path], device: str, progress: bool, on_group: Call
         _say(progress, f"ray: {len(refs)} group tasks submitted ({gpus} GPU each)")
         left, n, busy = list(refs), 0, []
         while left:
-            ready, left = ray.wait(left, num_returns=1)
+            ready, left = ray.wait(left, num_returns=1, timeout=None if stop is None else 1.0)
+            if stop is not None and stop.is_set():            # the tasks are cancelled; their last periodic checkpoints stay
+                for r in left: ray.cancel(r)
+                raise KeyboardInterrupt
             for r in ready:
                 n += 1
                 try: written = ray.get(r)   # raises the task's error here (Ray's error is also a GroupBusyError)
@@ -310,7 +314,7 @@ class SweepResult:
 def sweep(experiment: str|Experiment, preset: str = "smoke", seeds: int|Sequence[int] = 1, executor: str = "local",
           root: Path|str|None = None, overrides: dict|None = None, labels: Sequence[str]|None = None,
           device: str = "auto", max_members: int|None = None, progress: bool|None = None,
-          on_group: Callable|None = None) -> SweepResult:
+          on_group: Callable|None = None, stop=None) -> SweepResult:
     "Train every unfinished run of `experiment` at `preset` x `seeds` (grouped, resumable) and compare with the paper."
     if executor not in EXECUTORS: raise ValueError(f"executor={executor!r} is unknown{_closest(executor, EXECUTORS)}")
     if executor == "ray": _import_ray()
@@ -326,7 +330,7 @@ def sweep(experiment: str|Experiment, preset: str = "smoke", seeds: int|Sequence
     _say(progress, f"{exp.name} ({exp.title}), preset {preset}: {len(ids)} runs, {len(ids) - todo} already finished, "
                    f"{todo} to train in {len(groups)} group(s) under {root/exp.name}")
     if on_group is not None: on_group(0, len(groups), None)
-    run_groups(groups, executor, device, progress, on_group, train_options(specs, overrides))
+    run_groups(groups, executor, device, progress, on_group, train_options(specs, overrides), stop)
     runs = load_runs(root, exp.name, run_ids=ids)
     summary = summarise(runs, exp.metric, by=("experiment", "label"))
     res = SweepResult(exp, preset, root, runs, compare(exp, summary), compare_claims(exp, summary), todo)

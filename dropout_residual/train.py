@@ -516,8 +516,8 @@ def _check_inputs(model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData):
 
 # %% ../nbs/07_train.ipynb #a25c04da
 def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = None, schedules=None,
-          out_dir: Path|str|None = None, resume: bool = True, progress: bool|None = None) -> TrainResult:
-    "Train `model_cfg` with `train_cfg`; writes and resumes the run folder `out_dir` (or `train_cfg.out_dir`; None: no files)."
+          out_dir: Path|str|None = None, resume: bool = True, progress: bool|None = None, stop=None) -> TrainResult:
+    "Train `model_cfg` with `train_cfg`; writes and resumes the run folder `out_dir` (or `train_cfg.out_dir`; None: no files). `stop.is_set()`: stop as on Ctrl-C."
     cfg, data = train_cfg, _train_data(train_cfg, data)
     _check_inputs(model_cfg, cfg, data)
     scheds = member_schedules(schedules, model_cfg.n_members)
@@ -535,12 +535,12 @@ def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = N
         log = LossLog(s, tqdm(total=cfg.max_iters, initial=s.step, desc="train", dynamic_ncols=True) if progress else None)
         s.model.train()
         x, y, states = draw(s, data) if s.step < cfg.max_iters else (None, None, [g.get_state() for g in s.gens])
-        stop = False
+        stopping = False
         with _Interrupt() as intr, torch.enable_grad():                # trains whatever the caller's grad mode
             try:
                 while True:
                     boundary, s.in_update = _boundary(s, states), False
-                    if stop: raise intr.error()
+                    if stopping: raise intr.error()
                     if s.step >= cfg.max_iters: break
                     it = s.step
                     if it % cfg.eval_interval == 0: _eval_at(s, data, log, it)
@@ -551,7 +551,7 @@ def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = N
                     log_now = it % cfg.log_interval == 0 or s.step == cfg.max_iters
                     log.add(it, loss, gnorm, {"lr": lr, "rates": rates} if log_now else None)
                     if log_now: log.flush()
-                    stop = _agree_stop(s, intr.requested, log_now)
+                    stopping = _agree_stop(s, intr.requested or (stop is not None and stop.is_set()), log_now)
                     if cfg.ckpt_interval and s.step % cfg.ckpt_interval == 0 and s.step < cfg.max_iters:
                         log.flush(); log.tick(); _save(s, _boundary(s, states)); log.untimed()
                 finished_before = s.history.has_eval(cfg.max_iters)  # resumed from a finished run: nothing to redo

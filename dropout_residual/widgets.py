@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_widgets.ipynb #7f9f08c9
 from __future__ import annotations
-import html, os, shlex, time, traceback
+import html, os, shlex, signal, threading, time, traceback
 from pathlib import Path
 from typing import Sequence
 
@@ -23,7 +23,7 @@ from .sweep import SweepResult, sweep
 from .viz import draw_figures, style_results
 
 # %% auto #0
-__all__ = ['WIDGETS_ENV', 'live_kernel', 'devices', 'ExperimentPanel']
+__all__ = ['WIDGETS_ENV', 'live_kernel', 'devices', 'forward_interrupts', 'ExperimentPanel']
 
 # %% ../nbs/16_widgets.ipynb #c44d616d
 WIDGETS_ENV = "DROPOUT_RESIDUAL_WIDGETS"
@@ -31,10 +31,13 @@ WIDGETS_ENV = "DROPOUT_RESIDUAL_WIDGETS"
 def live_kernel() -> bool:
     "True inside an IPython kernel that can display widgets (unless `$DROPOUT_RESIDUAL_WIDGETS` is 'static')."
     if os.environ.get(WIDGETS_ENV, "").lower() == "static": return False
+    return getattr(_ipython(), "kernel", None) is not None
+
+def _ipython():
+    "The running IPython shell, or None."
     try: from IPython import get_ipython
-    except ImportError: return False
-    ip = get_ipython()
-    return ip is not None and getattr(ip, "kernel", None) is not None
+    except ImportError: return None
+    return get_ipython()
 
 def devices() -> list[str]:
     "Device choices on this machine: auto, cpu, and cuda / mps where available."
@@ -42,6 +45,28 @@ def devices() -> list[str]:
     if torch.cuda.is_available(): out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] * (torch.cuda.device_count() > 1)
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): out.append("mps")
     return out
+
+# %% ../nbs/16_widgets.ipynb #c8febc78
+_RUNNING: set[threading.Event] = set()   # the stop flags of the panel runs under way off the main thread
+_SIGINT_BEFORE = signal.SIG_DFL            # the SIGINT handler `forward_interrupts` replaced
+
+def _on_sigint(signum, frame) -> None:
+    "SIGINT: stop the panel runs on other threads at their next step boundary; if none, what was there before."
+    if _RUNNING:
+        for flag in list(_RUNNING): flag.set()
+    elif callable(_SIGINT_BEFORE): _SIGINT_BEFORE(signum, frame)
+    elif _SIGINT_BEFORE != signal.SIG_IGN: raise KeyboardInterrupt
+
+def forward_interrupts() -> bool:
+    "Make SIGINT set the stop flags of panel runs on other threads (installed once, from the main thread); True if in place."
+    global _SIGINT_BEFORE
+    kernel = getattr(_ipython(), "kernel", None)
+    in_cell = hasattr(kernel, "saved_sigint_handler")           # ipykernel puts this handler back after each cell
+    if (kernel.saved_sigint_handler if in_cell else signal.getsignal(signal.SIGINT)) is _on_sigint: return True
+    if threading.current_thread() is not threading.main_thread(): return False   # only the main thread can install it
+    if in_cell: _SIGINT_BEFORE, kernel.saved_sigint_handler = kernel.saved_sigint_handler, _on_sigint
+    else: _SIGINT_BEFORE = signal.signal(signal.SIGINT, _on_sigint)
+    return True
 
 # %% ../nbs/16_widgets.ipynb #4b1af540
 class ExperimentPanel:
@@ -57,6 +82,8 @@ class ExperimentPanel:
         self.result: SweepResult|None = None
         self.runs, self.results, self.figures = pd.DataFrame(), pd.DataFrame(), {}
         self._conv: dict[str, pd.DataFrame] = {}   # paper 3: convergence table per run id (computed once)
+        self._stop = threading.Event()              # the flag of the run under way; Stop sets it
+        if live_kernel(): forward_interrupts()      # built in a cell, on the main thread: Kernel > Interrupt reaches runs
         self._build(exp, preset, labels, seeds, device, skip_mode)
 
 # %% ../nbs/16_widgets.ipynb #e43b456a
@@ -76,16 +103,19 @@ def _build(self: ExperimentPanel, exp, preset: str, labels, seeds: int, device: 
                                      tooltips=["skip-k replaces the per-block residuals", "skip-k is added on top of them"])
     self.run_button = W.Button(description="Run", button_style="primary", icon="play",
                                tooltip="train or resume the selected runs through the run store")
+    self.stop_button = W.Button(description="Stop", icon="stop", disabled=True,
+                                tooltip="stop at the next step boundary; the checkpoint is kept and Run resumes")
     self.show_button = W.Button(description="Show stored", icon="folder-open", tooltip="draw what the run store holds; trains nothing")
     self.status = W.HTML(value=self._status_text("ready"))
     self.log, self.table_out, self.plots = W.Output(), W.Output(), W.Output()
     self.run_button.on_click(lambda b: self.on_run(b))             # the methods below, looked up when pressed
+    self.stop_button.on_click(lambda b: self.on_stop(b))
     self.show_button.on_click(lambda b: self.on_show(b))
     self.experiment.observe(lambda change: self.on_experiment(change), names="value")
     self.preset.observe(lambda change: self.on_experiment(change), names="value")   # a preset may run other configurations
     self._sync_skip_mode()
     controls = W.VBox([self.experiment, W.HBox([self.preset, self.seeds]), self.configs,
-                       W.HBox([self.device, self.skip_mode]), W.HBox([self.run_button, self.show_button]), self.status])
+                       W.HBox([self.device, self.skip_mode]), W.HBox([self.run_button, self.stop_button, self.show_button]), self.status])
     self.widget = W.VBox([controls, W.Accordion([self.log], titles=("progress",)), self.table_out, self.plots])
 
 @patch
@@ -171,21 +201,31 @@ def _on_group(self: ExperimentPanel, i: int, n: int, experiment: str, ids: Seque
     self.status.value = self._status_text(f"running: group {i}/{n} done ({time.perf_counter() - t0:.0f} s)")
 
 @patch
-def on_run(self: ExperimentPanel, button=None) -> SweepResult:
-    "Train or resume the selected runs with `sweep`, redrawing after each member group; returns the `SweepResult`."
-    self.run_button.disabled = True
+def on_run(self: ExperimentPanel, button=None) -> SweepResult|None:
+    "Train or resume the selected runs with `sweep`, redrawing after each member group; returns the `SweepResult` (None if stopped)."
+    self._stop, on_main = threading.Event(), threading.current_thread() is threading.main_thread()
+    if on_main and live_kernel(): forward_interrupts()
+    if not on_main: _RUNNING.add(self._stop)        # a callback on a kernel's subshell thread: SIGINT sets the flag
+    self.run_button.disabled, self.stop_button.disabled = True, False
     try:
         sel = self.selection()
         t0, ids = time.perf_counter(), self._selected_ids(sel)
+        failed = None
         with self.log:
             if show_progress(self.progress): print(f"the same from a terminal: {self.command()}", flush=True)
             on_group = lambda i, n, g: self._on_group(i, n, sel["experiment"], ids, t0)
-            self.result = sweep(progress=self.progress, on_group=on_group, **sel)
+            try: self.result = sweep(progress=self.progress, on_group=on_group, stop=self._stop, **sel)
+            except BaseException as e: failed = e   # in a live kernel the Output widget would swallow it
+        if failed is not None: raise failed
         self._draw(sel["experiment"], ids, self.result)
         self.status.value = self._status_text(f"done: {len(self.result.runs)} runs, {self._n_groups} group(s) trained now, "
                                               f"in {time.perf_counter() - t0:.0f} s", "done")
         return self.result
-    except KeyboardInterrupt:   # Kernel > Interrupt: the runs keep their checkpoints; Run again resumes them
+    except KeyboardInterrupt:   # Stop, or Kernel > Interrupt: the runs keep their checkpoints; Run again resumes them
+        if self._stop.is_set():
+            self.status.value = self._status_text("stopped: finished runs are kept, the run in training kept its checkpoint; "
+                                                  "press Run to resume", "error")
+            return None
         self.status.value = self._status_text("interrupted: finished runs and checkpoints are kept; press Run to resume", "error")
         raise
     except Exception as e:      # the cause in one line; the traceback goes to the log below the panel
@@ -194,7 +234,8 @@ def on_run(self: ExperimentPanel, button=None) -> SweepResult:
             with self.log: traceback.print_exc()
         raise
     finally:
-        self.run_button.disabled = False
+        _RUNNING.discard(self._stop)
+        self.run_button.disabled, self.stop_button.disabled = False, True
 
 @patch
 def on_show(self: ExperimentPanel, button=None) -> pd.DataFrame:
@@ -205,6 +246,13 @@ def on_show(self: ExperimentPanel, button=None) -> pd.DataFrame:
     done = int(self.runs["done"].sum()) if len(self.runs) else 0
     self.status.value = self._status_text(f"stored: {done} of {len(ids)} selected runs are finished under {self.root}")
     return self.results
+
+# %% ../nbs/16_widgets.ipynb #afccd659
+@patch
+def on_stop(self: ExperimentPanel, button=None) -> None:
+    "Stop the run under way at its next step boundary (its checkpoint is kept; Run resumes it)."
+    self.status.value = self._status_text("stopping at the next step boundary ...")
+    self._stop.set()
 
 # %% ../nbs/16_widgets.ipynb #82c0881d
 @patch
