@@ -79,6 +79,10 @@ class Experiment:
         raise ValueError(f"label={label!r} is not a configuration of {self.name}{_closest(label, self.labels())}")
 
 # %% ../nbs/10_papers.ipynb #77c060a6
+# papers 1-2's regime: many epochs of the first 100,000 train tokens, evaluated on 100 batches of the whole val split
+_OVERFIT_TRAIN = {"max_iters": 3000, "batch_size": 16, "block_size": 64, "lr": 2e-3, "min_lr": 2e-4, "warmup_iters": 100,
+                  "lr_decay_iters": 3000, "eval_interval": 250, "eval_iters": 100, "ckpt_interval": 500, "train_tokens": 100_000}
+
 def _p1(k: int, attn: float = 0.0, mlp: float = 0.0, skip: float = 0.0, **reported) -> Configuration:
     return Configuration(f"skip{k}-attn{attn:g}-mlp{mlp:g}-sd{skip:g}",
                          model={"skips": (k,), "attn_dropout": attn, "mlp_dropout": mlp, "skip_dropout": skip},
@@ -101,9 +105,7 @@ PAPER1 = Experiment(
                                     "lr_decay_iters": 1000, "eval_interval": 100, "eval_iters": 10, "ckpt_interval": 250},
                              about="4 layers, n_embd 32, block 32, 1000 iterations"),
              "regime": Preset("paper1", model={"n_layer": 8, "n_head": 4, "n_embd": 128, "block_size": 64},
-                              train={"max_iters": 3000, "batch_size": 16, "block_size": 64, "lr": 2e-3, "min_lr": 2e-4,
-                                      "warmup_iters": 100, "lr_decay_iters": 3000, "eval_interval": 250, "eval_iters": 100,
-                                      "ckpt_interval": 500, "train_tokens": 100_000},
+                              train=_OVERFIT_TRAIN,
                               about="8 layers (skip-4 spans two skips), n_embd 128, block 64, batch 16, 3000 iterations on "
                                     "the first 100,000 train tokens (about 31 epochs): a proxy of the paper's overfitting regime"),
              "smoke": Preset("smoke", model={"n_layer": 4, "n_embd": 16, "block_size": 16},
@@ -132,9 +134,7 @@ PAPER2 = Experiment(
                                     "lr_decay_iters": 1000, "eval_interval": 100, "eval_iters": 10, "ckpt_interval": 250},
                              about="2 layers, n_embd 64, block 64, batch 16, 1000 iterations"),
              "regime": Preset("paper2", model={"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64},
-                              train={"max_iters": 3000, "batch_size": 16, "block_size": 64, "lr": 2e-3, "min_lr": 2e-4,
-                                      "warmup_iters": 100, "lr_decay_iters": 3000, "eval_interval": 250, "eval_iters": 100,
-                                      "ckpt_interval": 500, "train_tokens": 100_000},
+                              train=_OVERFIT_TRAIN,
                               about="4 layers, n_embd 128, block 64, batch 16, 3000 iterations on the first 100,000 train "
                                     "tokens (about 31 epochs): a proxy of nanoGPT's overfitting regime"),
              "smoke": Preset("smoke", model={"n_layer": 2, "n_embd": 16, "block_size": 16}, about="2 layers, n_embd 16, 8 iterations")},
