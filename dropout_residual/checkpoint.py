@@ -17,7 +17,7 @@ from fastcore.basics import patch
 
 from .utils import _jsonable, atomic_write_bytes, hold_lock, read_json, remove_stale_writes, resolve_device
 from .data import CharTokenizer, TokenData
-from .config import GPTConfig, TrainConfig
+from .config import ADDED_FIELDS, GPTConfig, TrainConfig
 from .model import GPT
 
 # %% auto #0
@@ -72,13 +72,17 @@ def load_checkpoint(path: Path|str, map_location="cpu", mmap: bool = False) -> d
     return _verify(path, state)
 
 # %% ../nbs/06_checkpoint.ipynb #b4ca4228
+def _with_defaults(model_cfg: dict) -> dict:
+    "A stored model config with the defaults of fields added since it was written (so older runs still compare equal)."
+    return {**{k: v for k, v in ADDED_FIELDS.items() if k in GPTConfig.__dataclass_fields__}, **model_cfg}
+
 _RESUME_FREE = {"max_iters", "device", "dtype", "compile", "compile_mode", "out_dir", "ckpt_interval", "log_interval",
                 "analysis_ckpts", "eval_interval", "eval_iters"}
 
 def _check_same_run(path: Path, saved: dict, model_cfg: GPTConfig, train_cfg: TrainConfig, sched_dicts, world: int):
-    diffs = []
+    diffs, smc = [], _with_defaults(saved["model_config"])
     for k, v in asdict(model_cfg).items():
-        if _plain(saved["model_config"].get(k)) != _plain(v): diffs.append(f"model.{k}: {saved['model_config'].get(k)!r} in the checkpoint vs {v!r} now")
+        if _plain(smc.get(k)) != _plain(v): diffs.append(f"model.{k}: {smc.get(k)!r} in the checkpoint vs {v!r} now")
     for k, v in asdict(train_cfg).items():
         if k not in _RESUME_FREE and _plain(saved["train_config"].get(k)) != _plain(v):
             diffs.append(f"train.{k}: {saved['train_config'].get(k)!r} in the checkpoint vs {v!r} now")
@@ -277,6 +281,7 @@ def analysis_model(self: RunFolder) -> GPT:
 def _check_config_matches(rf: RunFolder, cfg: dict, saved: dict|None):
     "Refuse a config.json whose model config is not the one stored in ckpt.pt, naming both files and the field."
     if saved is None: return
+    cfg, saved = _with_defaults(cfg), _with_defaults(saved)
     for k in sorted(set(cfg) | set(saved)):
         if _plain(cfg.get(k)) != _plain(saved.get(k)):
             raise CheckpointError(f"{rf.config} and {rf.ckpt} disagree on model.{k}: {cfg.get(k)!r} vs {saved.get(k)!r}; "

@@ -13,12 +13,14 @@ from fastcore.basics import patch
 from .utils import _check_keys, closest_name
 
 # %% auto #0
-__all__ = ['DROPOUT_SITES', 'SKIP_MODES', 'GENERATE_WINDOWS', 'COMPILE_MODES', 'GPTConfig', 'Members', 'TrainConfig',
-           'apply_overrides']
+__all__ = ['DROPOUT_SITES', 'SKIP_MODES', 'SKIP_DROPOUT_MODES', 'ADDED_FIELDS', 'GENERATE_WINDOWS', 'COMPILE_MODES', 'GPTConfig',
+           'Members', 'TrainConfig', 'apply_overrides']
 
 # %% ../nbs/02_config.ipynb #f028afe4
 DROPOUT_SITES = ("embd", "attn", "proj", "mlp", "skip")
 SKIP_MODES = ("replace", "add")
+SKIP_DROPOUT_MODES = ("element", "path")  # skip dropout per element (inverted dropout) or per sample (DropPath)
+ADDED_FIELDS = {"train_tokens": None, "skip_dropout_mode": "element"}  # config fields added after runs were stored -> default
 GENERATE_WINDOWS = ("exact", "slide")  # how `GPT.generate` moves its context window past block_size
 
 def _per_member(name: str, value, n_members: int, kind=float) -> tuple:
@@ -45,6 +47,7 @@ class GPTConfig:
     proj_dropout: float|tuple = 0.0   # on the attention output projection
     mlp_dropout: float|tuple = 0.0    # on the MLP output
     skip_dropout: float|tuple = 0.0   # on the skip (identity) paths
+    skip_dropout_mode: str = "element"  # "element" (inverted dropout) | "path" (a whole sample's path, DropPath)
     skips: tuple = (1,)               # skip lengths k, each dividing n_layer
     skip_mode: str|tuple = "replace"  # "replace" | "add", or one per member
     member_skips: tuple|None = None   # per member, the subset of `skips` it uses (None: all)
@@ -73,6 +76,8 @@ def _normalise_rates(self: GPTConfig):
         for r in rates:
             if not 0 <= r < 1: raise ValueError(f"{f}={r} must lie in [0, 1)")
         setattr(self, f, rates[0] if len(set(rates)) == 1 and not isinstance(getattr(self, f), (list, tuple)) else rates)
+    if self.skip_dropout_mode not in SKIP_DROPOUT_MODES:
+        raise ValueError(f"skip_dropout_mode={self.skip_dropout_mode!r} must be one of {SKIP_DROPOUT_MODES}")
 
 @patch
 def _normalise_skips(self: GPTConfig):

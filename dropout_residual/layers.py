@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 # %% auto #0
 __all__ = ['member_linear', 'MemberLinear', 'MemberLayerNorm', 'MemberEmbedding', 'member_generators', 'member_dropout',
-           'LayerKV']
+           'member_path_dropout', 'LayerKV']
 
 # %% ../nbs/03_layers.ipynb #b14d4c83
 def member_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor|None = None) -> torch.Tensor:
@@ -86,6 +86,15 @@ def member_dropout(x: torch.Tensor, p: torch.Tensor|None) -> torch.Tensor:
     p = p.view(-1, *(1,)*(x.dim() - 1))                                       # (E, 1, ...)
     keep = _uniform(x) >= p                                                   # float32 draws, also under bf16
     return x*keep*(1.0/(1.0 - p)).to(x.dtype)
+
+# %% ../nbs/03_layers.ipynb #a04355fc
+def member_path_dropout(x: torch.Tensor, p: torch.Tensor|None) -> torch.Tensor:
+    "DropPath of x (E, B, ...): member e drops each sample's whole path with probability p[e], scaling kept ones by 1/(1-p[e])."
+    if p is None: return x
+    E, B = x.shape[:2]
+    keep = _uniform(x.new_empty((E, B), dtype=torch.float32)) >= p.view(E, 1)   # one draw per sample, not per element
+    scale = keep*(1.0/(1.0 - p)).view(E, 1)
+    return x*scale.view(E, B, *(1,)*(x.dim() - 2)).to(x.dtype)
 
 # %% ../nbs/03_layers.ipynb #ec7e7fa1
 class LayerKV:

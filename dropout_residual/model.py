@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from fastcore.basics import patch
 
 from .config import DROPOUT_SITES, GENERATE_WINDOWS, GPTConfig, Members, SKIP_MODES, _per_member
-from .layers import LayerKV, MemberEmbedding, MemberLayerNorm, MemberLinear, member_dropout, member_linear
+from .layers import LayerKV, MemberEmbedding, MemberLayerNorm, MemberLinear, member_dropout, member_linear, member_path_dropout
 from .utils import eval_mode
 
 # %% auto #0
@@ -241,9 +241,10 @@ def _carry(self: GPT, j: int, states: list, p_skip) -> torch.Tensor|None:
     terms = []
     if self._resid_kind == "all": terms.append(x)
     elif self._resid_kind == "mixed": terms.append(x*self.resid_gates.view(E, 1, 1, 1))
+    drop = member_path_dropout if self.config.skip_dropout_mode == "path" else member_dropout
     for i, k in enumerate(self.config.skips):
         if (j + 1) % k or self._skip_kind[i] == "none": continue
-        t = member_dropout(states[j + 1 - k], p_skip)                 # skip-k from the input of block j+1-k
+        t = drop(states[j + 1 - k], p_skip)                           # skip-k from the input of block j+1-k
         terms.append(t if self._skip_kind[i] == "all" else t*self.skip_gates[:, i].view(E, 1, 1, 1))
     if not terms: return None
     carry = terms[0]

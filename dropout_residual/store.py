@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .utils import _jsonable, read_json, write_json
-from .config import GPTConfig, TrainConfig
+from .config import ADDED_FIELDS, GPTConfig, TrainConfig
 
 # %% auto #0
 __all__ = ['RUNS_ENV', 'RUN_EXCLUDE', 'RUN_OPTIONAL', 'IDENTITY_KEYS', 'RUN_COLUMNS', 'runs_root', 'read_history',
@@ -44,14 +44,14 @@ def read_history(path: Path|str) -> pd.DataFrame:
 # %% ../nbs/09_store.ipynb #e953bd51
 RUN_EXCLUDE = ("out_dir", "device", "compile", "compile_mode", "ckpt_interval")  # TrainConfig fields that do not change what a run trains
 
-RUN_OPTIONAL = ("train_tokens",)   # fields added later: left out of the identity when unset, so earlier run ids stay
+RUN_OPTIONAL = ADDED_FIELDS   # fields added later -> their default: left out of the identity there, so earlier run ids stay
 
 def normalise_config(model_cfg, train_cfg, schedule: dict|None = None) -> dict:
     "The JSON-ready identity of one run: model cfg, train cfg less `RUN_EXCLUDE`, schedule dict."
     m, t = _jsonable(model_cfg), _jsonable(train_cfg)
     if hasattr(schedule, "to_dict"): schedule = schedule.to_dict()
-    return {"model": m, "train": {k: v for k, v in t.items() if k not in RUN_EXCLUDE and not (k in RUN_OPTIONAL and v is None)},
-            "schedule": _jsonable(schedule)}
+    keep = lambda d, exclude=(): {k: v for k, v in d.items() if k not in exclude and not (k in RUN_OPTIONAL and v == RUN_OPTIONAL[k])}
+    return {"model": keep(m), "train": keep(t, RUN_EXCLUDE), "schedule": _jsonable(schedule)}
 
 def config_hash(config: dict, version: str|None = None) -> str:
     "16 hex digits of sha256 over the normalised config and the package version."
