@@ -79,9 +79,9 @@ class Experiment:
         raise ValueError(f"label={label!r} is not a configuration of {self.name}{_closest(label, self.labels())}")
 
 # %% ../nbs/10_papers.ipynb #77c060a6
-# papers 1-2's regime: many epochs of the first 100,000 train tokens, evaluated on 100 batches of the whole val split
-_OVERFIT_TRAIN = {"max_iters": 3000, "batch_size": 16, "block_size": 64, "lr": 2e-3, "min_lr": 2e-4, "warmup_iters": 100,
-                  "lr_decay_iters": 3000, "eval_interval": 250, "eval_iters": 100, "ckpt_interval": 500, "train_tokens": 100_000}
+# papers 1-2's regime: about 40 epochs of the first 25,000 train tokens, evaluated on 25 batches of the whole val split
+_OVERFIT_TRAIN = {"max_iters": 1000, "batch_size": 16, "block_size": 64, "lr": 2e-3, "min_lr": 2e-4, "warmup_iters": 50,
+                  "lr_decay_iters": 1000, "eval_interval": 100, "eval_iters": 25, "ckpt_interval": 250, "train_tokens": 25_000}
 
 def _p1(k: int, attn: float = 0.0, mlp: float = 0.0, skip: float = 0.0, **reported) -> Configuration:
     return Configuration(f"skip{k}-attn{attn:g}-mlp{mlp:g}-sd{skip:g}",
@@ -106,8 +106,8 @@ PAPER1 = Experiment(
                              about="4 layers, n_embd 32, block 32, 1000 iterations"),
              "regime": Preset("paper1", model={"n_layer": 8, "n_head": 4, "n_embd": 128, "block_size": 64},
                               train=_OVERFIT_TRAIN,
-                              about="8 layers (skip-4 spans two skips), n_embd 128, block 64, batch 16, 3000 iterations on "
-                                    "the first 100,000 train tokens (about 31 epochs): a proxy of the paper's overfitting regime"),
+                              about="8 layers (skip-4 spans two skips), n_embd 128, block 64, batch 16, 1000 iterations on "
+                                    "the first 25,000 train tokens (about 40 epochs): a proxy of the paper's overfitting regime"),
              "smoke": Preset("smoke", model={"n_layer": 4, "n_embd": 16, "block_size": 16},
                              about="4 layers (so skip-4 exists), n_embd 16, block 16, 8 iterations")},
     baseline="skip1-attn0-mlp0-sd0",   # nanoGPT's own model: no dropout, the standard residual
@@ -135,8 +135,8 @@ PAPER2 = Experiment(
                              about="2 layers, n_embd 64, block 64, batch 16, 1000 iterations"),
              "regime": Preset("paper2", model={"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64},
                               train=_OVERFIT_TRAIN,
-                              about="4 layers, n_embd 128, block 64, batch 16, 3000 iterations on the first 100,000 train "
-                                    "tokens (about 31 epochs): a proxy of nanoGPT's overfitting regime"),
+                              about="4 layers, n_embd 128, block 64, batch 16, 1000 iterations on the first 25,000 train "
+                                    "tokens (about 40 epochs): a proxy of nanoGPT's overfitting regime"),
              "smoke": Preset("smoke", model={"n_layer": 2, "n_embd": 16, "block_size": 16}, about="2 layers, n_embd 16, 8 iterations")},
     baseline="fixed", figures=("best", "curves", "rates", "paired"),
     notes="Inference speed does not depend on a training-time dropout schedule; see the benchmark chapter.")
@@ -159,10 +159,10 @@ PAPER3 = Experiment(
                              about="widths 16..128 at depth 6, depths 2, 4, 8 at width 32; block 64, batch 16, 600 iterations"),
              "regime": Preset("paper2", scale={"n_embd": 0.25}, model={"n_head": 2, "block_size": 64, "attn_dropout": 0.0,
                                                 "proj_dropout": 0.0, "mlp_dropout": 0.0, "embd_dropout": 0.0},
-                              train={"max_iters": 3000, "batch_size": 16, "block_size": 64, "warmup_iters": 100,
-                                     "lr_decay_iters": 3000, "eval_interval": 100, "eval_iters": 100, "ckpt_interval": 500,
+                              train={"max_iters": 2000, "batch_size": 16, "block_size": 64, "warmup_iters": 100,
+                                     "lr_decay_iters": 2000, "eval_interval": 100, "eval_iters": 25, "ckpt_interval": 500,
                                      "analysis_ckpts": "log"},
-                              about="the quick family trained 5 times longer (3000 iterations) towards convergence, "
+                              about="the quick family trained 10/3 times longer (2000 iterations, the lr decayed to its floor) towards convergence, "
                                     "checked by the `converged` indicator"),
              "smoke": Preset("smoke", scale={"n_embd": 1/16}, model={"n_head": 2, "block_size": 16}, train={"analysis_ckpts": "log"},
                              about="widths 4..32")},

@@ -192,8 +192,8 @@ def verdicts(experiment, runs: pd.DataFrame, regime: pd.DataFrame|None = None, p
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 # %% ../nbs/11_stats.ipynb #428b269c
-def compare(experiment: str|Experiment, summary: pd.DataFrame, metric: str|None = None) -> pd.DataFrame:
-    "The summary (from `summarise`) of `experiment` in its configuration order, with the paper's values beside it."
+def compare(experiment: str|Experiment, summary: pd.DataFrame, metric: str|None = None, preset: str = "paper") -> pd.DataFrame:
+    "The summary (from `summarise`) of `experiment` in its configuration order, with the paper's values beside it (as context only, off the `paper` preset)."
     exp = get_experiment(experiment)
     metric = metric or exp.metric
     s = summary.set_index("label")
@@ -206,7 +206,9 @@ def compare(experiment: str|Experiment, summary: pd.DataFrame, metric: str|None 
         rows.append({"label": c.label, "n": int(r.n), "mean": r["mean"], "std": r["std"], "ci_low": r.ci_low, "ci_high": r.ci_high,
                      "paper": paper, "diff": r["mean"] - paper, "paper_in_ci": inside,
                      "note": "; ".join(x for x in (r.note, c.note) if x)})
-    return pd.DataFrame(rows, columns=["label", "n", "mean", "std", "ci_low", "ci_high", "paper", "diff", "paper_in_ci", "note"])
+    df = pd.DataFrame(rows, columns=["label", "n", "mean", "std", "ci_low", "ci_high", "paper", "diff", "paper_in_ci", "note"])
+    if preset == "paper": return df
+    return df.drop(columns=["diff", "paper_in_ci"]).rename(columns={"paper": "paper_context"})   # another setup: not comparable
 
 def compare_claims(experiment: str|Experiment, summary: pd.DataFrame) -> pd.DataFrame:
     "Each of the paper's best-of-a-family claims beside our best configuration of that family."

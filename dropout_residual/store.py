@@ -162,7 +162,7 @@ def spec_from_folder(folder: Path|str) -> RunSpec:
                    c["schedule"], meta.get("preset", ""))
 
 # %% ../nbs/09_store.ipynb #e9f78281
-RUN_COLUMNS = ["experiment", "label", "seed", "preset", "run_id", "done", "best_val_loss", "final_train_loss",
+RUN_COLUMNS = ["experiment", "label", "seed", "preset", "run_id", "done", "best_val_loss", "final_train_loss", "final_eval_train_loss",
                "final_val_loss", "best_val_step", "iters", "wall_s", "tokens_per_s", "group"]
 
 def _run_folders(root: Path, experiment: str|None) -> list[Path]:

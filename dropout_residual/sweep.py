@@ -25,10 +25,10 @@ from .stats import baseline_pairs, compare, compare_claims, summarise, to_markdo
 # %% auto #0
 __all__ = ['MEMBER_FIELDS', 'GROUP_BYTES_ENV', 'EXECUTORS', 'RUN_OPTIONS', 'shape_key', 'member_bytes', 'max_group_size',
            'group_configs', 'plan_groups', 'GroupBusyError', 'group_lock', 'run_group', 'run_groups', 'train_options',
-           'plan_lock', 'SweepResult', 'sweep']
+           'plan_lock', 'estimate_seconds', 'SweepResult', 'sweep']
 
 # %% ../nbs/12_sweep.ipynb #3a5e0e09
-from .config import Members
+from .config import DROPOUT_SITES, Members
 
 # %% ../nbs/12_sweep.ipynb #799c2108
 MEMBER_FIELDS = Members.FIELDS   # GPTConfig fields that may differ inside a group
@@ -281,6 +281,31 @@ def plan_lock(root: Path|str):
     "Hold the results root's planning lock, waiting for it: two sweeps never plan (and so train) the same runs at once."
     return hold_lock(Path(root)/".plan.lock")
 
+# %% ../nbs/12_sweep.ipynb #ddd29aba
+def _shape_key(s: RunSpec) -> tuple:
+    m, t = s.model_cfg, s.train_cfg
+    return (m.n_layer, m.n_head, m.n_embd, t.batch_size, t.block_size, any(m.rates(site)[0] > 0 for site in DROPOUT_SITES))
+
+def estimate_seconds(specs: Sequence[RunSpec], root: Path|str|None = None, device: str = "auto", repeats: int = 2) -> float:
+    "Estimated wall seconds to train the unfinished runs of `specs` here: a timed step per distinct shape x steps and evals left."
+    from dropout_residual.bench import random_batch, time_fn, train_step_fn
+    from dropout_residual.train import resolve_dtype
+    root, dev = runs_root(root), resolve_device(device)
+    todo = [s for s in specs if run_state(root/s.experiment/s.run_id) != "done"]
+    step_s = {}
+    for s in todo:
+        if (k := _shape_key(s)) in step_s: continue
+        m, t = s.model_cfg, s.train_cfg
+        x, y = random_batch(m.vocab_size, (1, t.batch_size, t.block_size), dev)
+        fn = train_step_fn(GPT(m).to(dev), t, x, y, dev, resolve_dtype(t.dtype, dev))
+        step_s[k] = time_fn(fn, repeats=repeats, warmup=1, device=dev).median
+    total = 0.0
+    for s in todo:
+        t, st = s.train_cfg, step_s[_shape_key(s)]
+        evals = len(set(range(0, t.max_iters, t.eval_interval)) | {t.max_iters})
+        total += t.max_iters * st + evals * 2 * t.eval_iters * st / 3   # an eval batch: a forward, about a third of a step
+    return total
+
 # %% ../nbs/12_sweep.ipynb #7092c3c6
 @dataclass
 class SweepResult:
@@ -329,10 +354,14 @@ def sweep(experiment: str|Experiment, preset: str = "smoke", seeds: int|Sequence
     todo = sum(run_state(root/exp.name/r) != "done" for r in ids)
     _say(progress, f"{exp.name} ({exp.title}), preset {preset}: {len(ids)} runs, {len(ids) - todo} already finished, "
                    f"{todo} to train in {len(groups)} group(s) under {root/exp.name}")
+    if progress and todo:
+        from dropout_residual.bench import _hms
+        _say(progress, f"estimated time here: {_hms(estimate_seconds(specs, root, device))} "
+                       "(timed steps on this device, one member at a time; `estimate_seconds`)")
     if on_group is not None: on_group(0, len(groups), None)
     run_groups(groups, executor, device, progress, on_group, train_options(specs, overrides), stop)
     runs = load_runs(root, exp.name, run_ids=ids)
     summary = summarise(runs, exp.metric, by=("experiment", "label"))
-    res = SweepResult(exp, preset, root, runs, compare(exp, summary), compare_claims(exp, summary), todo)
+    res = SweepResult(exp, preset, root, runs, compare(exp, summary, preset=preset), compare_claims(exp, summary), todo)
     _say(progress, "\n" + res.report())
     return res

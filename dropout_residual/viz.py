@@ -194,7 +194,8 @@ def plot_results(res: SweepResult):
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(t) + 1.6))
     y = np.arange(len(t))
     ax.errorbar(t["mean"], y, xerr=ci_err(t), fmt="o", capsize=3, label="ours: mean (95% CI)")
-    if t["paper"].notna().any(): ax.scatter(t["paper"], y, marker="x", color="red", zorder=3, label="paper")
+    if "paper" in t and t["paper"].notna().any():   # only at the paper's own setup (`stats.compare`)
+        ax.scatter(t["paper"], y, marker="x", color="red", zorder=3, label="paper")
     ax.set_yticks(y, t["label"], fontsize=8); ax.invert_yaxis()
     ax.set_xlabel(res.experiment.metric); ax.grid(axis="x", alpha=0.3); ax.legend(fontsize=8)
     ax.set_title(f"{res.experiment.name}: {res.experiment.title} ({res.preset}, n={int(t['n'].max()) if len(t) else 0})", fontsize=10)
@@ -219,7 +220,7 @@ def plot_best_val(result: SweepResult|pd.DataFrame, experiment: str|None = None,
     "Mean and interval per configuration with the paper's value marked (`experiments.plot_results`), from a sweep or its table."
     if isinstance(result, SweepResult): fig = plot_results(result)
     else:
-        need = {"label", "mean", "ci_low", "ci_high", "paper", "n"}
+        need = {"label", "mean", "ci_low", "ci_high", "n"}
         if not need <= set(result.columns):
             raise ValueError(f"the table lacks columns {sorted(need - set(result.columns))}: pass a table from experiments.compare")
         if experiment is None: raise ValueError("experiment=None: say which experiment the table is from ('paper1', 'paper2', 'paper3')")

@@ -172,7 +172,7 @@ def _stored(self: ExperimentPanel, experiment: str, ids: Sequence[str]) -> Sweep
     exp = get_experiment(experiment)
     runs = load_runs(self.root, exp.name, run_ids=ids)
     done = runs[runs["done"]] if len(runs) else runs
-    table = compare(exp, summarise(done, exp.metric)) if len(done) else pd.DataFrame()
+    table = compare(exp, summarise(done, exp.metric), preset=self.preset.value) if len(done) else pd.DataFrame()
     return SweepResult(exp, self.preset.value, self.root, runs, table, pd.DataFrame())
 
 @patch

@@ -248,5 +248,5 @@ def test_cli_reproduce_smoke(tmp_path, capsys):
     v = pd.read_csv(out/"verdicts.csv")
     assert set(v.paper) == {"paper1", "paper2", "paper3"} and len(v) == 6 + 5 + 2 and set(v.verdict) <= {"supported", "contradicted", "inconclusive"}
     t = pd.read_csv(out/"paper1_table.csv")
-    assert len(t) == 20 and t["paper"].notna().sum() == 2
+    assert len(t) == 20 and t["paper_context"].notna().sum() == 2 and "diff" not in t   # smoke: the paper as context only
     assert "1.5531" in (out/"paper1_table.md").read_text()
