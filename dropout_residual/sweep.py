@@ -5,7 +5,7 @@
 # %% ../nbs/12_sweep.ipynb #0613d487
 from __future__ import annotations
 import dropout_residual
-import dataclasses, json, math, os, shutil, time
+import dataclasses, datetime, json, math, os, shutil, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -288,17 +288,20 @@ def _shape_key(s: RunSpec) -> tuple:
 
 def estimate_seconds(specs: Sequence[RunSpec], root: Path|str|None = None, device: str = "auto", repeats: int = 2) -> float:
     "Estimated wall seconds to train the unfinished runs of `specs` here: a timed step per distinct shape x steps and evals left."
-    from dropout_residual.bench import random_batch, time_fn, train_step_fn
-    from dropout_residual.train import resolve_dtype
+    from dropout_residual.train import TrainState, configure_optimizer, resolve_dtype, train_step
     root, dev = runs_root(root), resolve_device(device)
     todo = [s for s in specs if run_state(root/s.experiment/s.run_id) != "done"]
     step_s = {}
     for s in todo:
         if (k := _shape_key(s)) in step_s: continue
         m, t = s.model_cfg, s.train_cfg
-        x, y = random_batch(m.vocab_size, (1, t.batch_size, t.block_size), dev)
-        fn = train_step_fn(GPT(m).to(dev), t, x, y, dev, resolve_dtype(t.dtype, dev))
-        step_s[k] = time_fn(fn, repeats=repeats, warmup=1, device=dev).median
+        x = torch.randint(m.vocab_size, (1, t.batch_size, t.block_size), device=dev)
+        model = GPT(m).to(dev)
+        st = TrainState(model, configure_optimizer(model, t, dev), t, dev, resolve_dtype(t.dtype, dev))
+        times = []
+        for _ in range(repeats + 1):   # the first step warms up
+            t0 = time.perf_counter(); float(train_step(st, x, x)[0].sum()); times.append(time.perf_counter() - t0)
+        step_s[k] = sorted(times[1:])[len(times[1:]) // 2]
     total = 0.0
     for s in todo:
         t, st = s.train_cfg, step_s[_shape_key(s)]
@@ -355,8 +358,7 @@ def sweep(experiment: str|Experiment, preset: str = "smoke", seeds: int|Sequence
     _say(progress, f"{exp.name} ({exp.title}), preset {preset}: {len(ids)} runs, {len(ids) - todo} already finished, "
                    f"{todo} to train in {len(groups)} group(s) under {root/exp.name}")
     if progress and todo:
-        from dropout_residual.bench import _hms
-        _say(progress, f"estimated time here: {_hms(estimate_seconds(specs, root, device))} "
+        _say(progress, f"estimated time here: {datetime.timedelta(seconds=round(estimate_seconds(specs, root, device)))} "
                        "(timed steps on this device, one member at a time; `estimate_seconds`)")
     if on_group is not None: on_group(0, len(groups), None)
     run_groups(groups, executor, device, progress, on_group, train_options(specs, overrides), stop)
