@@ -17,7 +17,7 @@ from .utils import _closest, _jsonable, hold_lock, read_json, resolve_device, sh
 from .model import GPT
 from .schedules import schedule_from_dict
 from .checkpoint import RunFolder, load_checkpoint, load_run
-from .train import NonFiniteLossError, train
+from .train import NonFiniteLossError, TrainState, configure_optimizer, resolve_dtype, train, train_step
 from .store import RunSpec, config_hash, load_runs, prepare_run, read_history, run_state, runs_root, spec_from_folder
 from .papers import Experiment, experiment_runs, get_experiment
 from .stats import baseline_pairs, compare, compare_claims, summarise, to_markdown
@@ -288,7 +288,6 @@ def _shape_key(s: RunSpec) -> tuple:
 
 def estimate_seconds(specs: Sequence[RunSpec], root: Path|str|None = None, device: str = "auto", repeats: int = 2) -> float:
     "Estimated wall seconds to train the unfinished runs of `specs` here: a timed step per distinct shape x steps and evals left."
-    from dropout_residual.train import TrainState, configure_optimizer, resolve_dtype, train_step
     root, dev = runs_root(root), resolve_device(device)
     todo = [s for s in specs if run_state(root/s.experiment/s.run_id) != "done"]
     step_s = {}
