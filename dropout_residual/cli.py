@@ -111,7 +111,8 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 # %% ../nbs/17_cli.ipynb #713c7db2
-PRESET_HELP = "the experiment's scale: smoke (seconds), quick (minutes on 2 CPU cores), paper (the paper's setup, GPU)"
+PRESET_HELP = ("the experiment's scale: smoke (seconds), quick (minutes on 2 CPU cores), regime (the papers' regimes "
+               "on 2 CPU cores: an hour or two), paper (the paper's setup, GPU)")
 DEVICE_HELP = "auto (default: CUDA if present), cpu, cuda, cuda:N"
 
 def _preset(q: argparse.ArgumentParser, default: str) -> None:
@@ -211,8 +212,8 @@ def _add_bench(sub) -> None:
     b.set_defaults(func=_cmd_bench)
 
 # %% ../nbs/17_cli.ipynb #54fb8313
-def _sweep_common(q) -> None:
-    q.add_argument("--seeds", type=int, default=1, help="seeds per configuration (default 1; 2+ gives confidence intervals)")
+def _sweep_common(q, seeds: int = 1) -> None:
+    q.add_argument("--seeds", type=int, default=seeds, help=f"seeds per configuration (default {seeds}; 2+ gives confidence intervals)")
     q.add_argument("--executor", default="local", help="local (default: one group after another here) or ray (one task per member group)")
     q.add_argument("--runs", help="results root (default: $DROPOUT_RESIDUAL_RUNS, else runs/)")
     q.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -236,9 +237,9 @@ def _add_reproduce(sub) -> None:
     r = sub.add_parser("reproduce", help="run all three papers' experiments and write tables and figures",
                        description="Sweep paper1, paper2 and paper3 at a preset and write their tables (CSV, markdown) and "
                                    "figures (PNG) under RUNS/results/PRESET/.")
-    _preset(r, "quick")
+    _preset(r, "regime")
     r.add_argument("--experiments", default="paper1,paper2,paper3", help="comma-separated subset (default: all three)")
-    _sweep_common(r)
+    _sweep_common(r, seeds=3)
     r.set_defaults(func=_cmd_reproduce)
 
 SUBCOMMANDS = (_add_data, _add_train, _add_sample, _add_bench, _add_sweep, _add_reproduce)

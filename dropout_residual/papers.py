@@ -210,6 +210,15 @@ PAPER3.hypotheses = [
     Hypothesis("the widest model's layers settle earlier than the narrowest's", "L6-w8", "L6-w1", metric="settle_frac"),
     Hypothesis("the deepest model's layers settle earlier than the shallowest's", "L8-w2", "L2-w2", metric="settle_frac")]
 
+# %% ../nbs/10_papers.ipynb #7c0a7c3a
+def _claims_only(exp: Experiment, preset: str = "regime"):
+    "Run `preset` on only the configurations `exp`'s hypotheses compare: the others keep every other preset."
+    need = {x for h in exp.hypotheses for x in (h.label, h.baseline)}
+    for c in exp.configurations:
+        if c.label not in need and not c.presets: c.presets = tuple(p for p in exp.presets if p != preset)
+
+for _e in (PAPER1, PAPER2): _claims_only(_e)
+
 # %% ../nbs/10_papers.ipynb #b3be6cab
 def _fields(cfg) -> list[str]: return [f.name for f in dataclasses.fields(cfg)]
 

@@ -5,20 +5,21 @@
 # %% ../nbs/15_report.ipynb #7130f6ca
 from __future__ import annotations
 import pandas as pd
-import time
+import datetime, time
 from pathlib import Path
 from typing import Sequence
 
 
-from .utils import _closest, atomic_write_bytes, show_progress
-from .store import RUN_COLUMNS, runs_root
-from .papers import SWEEP_PRESETS, get_experiment
-from .sweep import SweepResult, _say, sweep
+from tqdm.auto import tqdm
+from .utils import _closest, atomic_write_bytes, read_json, show_progress
+from .store import RUN_COLUMNS, run_state, runs_root
+from .papers import SWEEP_PRESETS, experiment_runs, get_experiment
+from .sweep import SweepResult, _say, estimate_seconds, sweep
 from .stats import regime_indicators, settle_by_seed, to_markdown, verdicts
 from .viz import FigureData, draw_figures, save_figure
 
 # %% auto #0
-__all__ = ['sweep_verdicts', 'write_results', 'reproduce']
+__all__ = ['HISTORY_COLUMNS', 'sweep_verdicts', 'history_table', 'write_results', 'reproduce']
 
 # %% ../nbs/15_report.ipynb #dcb3f778
 def sweep_verdicts(res: SweepResult, cache: dict|None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -28,6 +29,15 @@ def sweep_verdicts(res: SweepResult, cache: dict|None = None) -> tuple[pd.DataFr
     needs_settle = any(h.metric == "settle_frac" for h in res.experiment.hypotheses)
     settle = settle_by_seed(d.conv) if needs_settle and len(d.done) else None
     return verdicts(res.experiment, res.runs, regime, res.preset, settle), regime
+
+# %% ../nbs/15_report.ipynb #65aa7e6b
+HISTORY_COLUMNS = ("label", "seed", "step", "lr", "rate_attn", "train_loss", "eval_train_loss", "val_loss")
+
+def history_table(hist: pd.DataFrame, every: int = 10) -> pd.DataFrame:
+    "The rows of stacked histories (`store.load_histories`) a results folder keeps: every evaluation and every `every`-th step."
+    if not len(hist): return hist
+    keep = hist["val_loss"].notna() | (hist["step"] % every == 0)
+    return hist.loc[keep, [c for c in HISTORY_COLUMNS if c in hist.columns]].reset_index(drop=True)
 
 # %% ../nbs/15_report.ipynb #29641c2b
 def write_results(res: SweepResult, folder: Path|str, cache: dict|None = None) -> list[Path]:
@@ -41,13 +51,14 @@ def write_results(res: SweepResult, folder: Path|str, cache: dict|None = None) -
     figures = draw_figures(res, cache=cache)                     # fills `cache` with paper 3's convergence tables
     verdict, regime = sweep_verdicts(res, cache)
     tables.update({"verdicts.csv": verdict.to_csv(index=False), "regime.csv": regime.to_csv(index=False)})
+    if len(hist := history_table(FigureData(res, cache).hist)): tables["history.csv"] = hist.to_csv(index=False, float_format="%.5g")
     tables["table.md"] += "\n## Verdicts\n\n" + to_markdown(verdict.drop(columns=["regime"])) + "\n\nRegime indicators:\n\n" + to_markdown(regime) + "\n"
     files = [atomic_write_bytes(folder/f"{n}_{k}", v.encode()) for k, v in tables.items()]
     for name, fig in figures.items():
         files.append(save_figure(fig, folder/f"{n}_{name}.png", close=True))
     return files
 
-def reproduce(preset: str = "quick", root: Path|str|None = None, seeds: int|Sequence[int] = 1, executor: str = "local",
+def reproduce(preset: str = "regime", root: Path|str|None = None, seeds: int|Sequence[int] = 3, executor: str = "local",
               experiments: Sequence[str] = ("paper1", "paper2", "paper3"), device: str = "auto",
               max_members: int|None = None, progress: bool|None = None) -> dict[str, SweepResult]:
     "Sweep every paper's experiment and write tables, figures, `verdicts.csv` and `report.md` under `<root>/results/<preset>/`."
@@ -55,9 +66,21 @@ def reproduce(preset: str = "quick", root: Path|str|None = None, seeds: int|Sequ
     if preset not in SWEEP_PRESETS: raise ValueError(f"preset={preset!r} is unknown{_closest(preset, SWEEP_PRESETS)}")
     root = runs_root(root)
     out, results, md, verdict = root/"results"/preset, {}, [], []
+    progress = show_progress(progress)
+    specs = {e.name: experiment_runs(e, preset, seeds) for e in exps}
+    todo = {n: sum(run_state(s.folder(root)) != "done" for s in v) for n, v in specs.items()}
+    bar = None
+    if progress:
+        est = sum(estimate_seconds(v, root, device) for v in specs.values())
+        _say(True, f"reproduce, preset {preset}: {sum(map(len, specs.values()))} runs of {len(exps)} experiments, "
+                   f"{sum(todo.values())} to train; estimated time here {datetime.timedelta(seconds=round(est))}")
+        bar = tqdm(total=sum(todo.values()), desc="reproduce: runs", unit="run", dynamic_ncols=True)
     for e in exps:
         t0 = time.perf_counter()
-        res = results[e.name] = sweep(e, preset, seeds, executor, root, device=device, max_members=max_members, progress=progress)
+        def count(i, n, gdir):
+            if bar is not None and gdir is not None: bar.update(len(read_json(gdir/"group.json")["members"]))
+        res = results[e.name] = sweep(e, preset, seeds, executor, root, device=device, max_members=max_members,
+                                      progress=progress, on_group=count)
         figs = [p.name for p in write_results(res, out) if p.suffix == ".png"]
         verdict.append(pd.read_csv(out/f"{e.name}_verdicts.csv"))
         md += [res.report(), "", *[f"![{p[:-4]}]({p})" for p in figs], "",
@@ -66,5 +89,6 @@ def reproduce(preset: str = "quick", root: Path|str|None = None, seeds: int|Sequ
     atomic_write_bytes(out/"verdicts.csv", v.to_csv(index=False).encode())
     head = [f"# Reproduction, preset {preset}", "", "## Verdicts", "", to_markdown(v.drop(columns=["regime"])), ""]
     atomic_write_bytes(out/"report.md", "\n".join(head + md).encode())
-    _say(show_progress(progress), f"tables and figures written to {out}")
+    if bar is not None: bar.close()
+    _say(progress, f"tables and figures written to {out}")
     return results

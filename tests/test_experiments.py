@@ -236,7 +236,7 @@ def test_cli_train_takes_an_experiment_and_its_preset(tmp_path, capsys):
 
 def test_cli_reproduce_smoke(tmp_path, capsys):
     from dropout_residual.cli import main
-    assert main(["reproduce", "--preset", "smoke", "--runs", str(tmp_path), "--quiet"]) == 0
+    assert main(["reproduce", "--preset", "smoke", "--seeds", "1", "--runs", str(tmp_path), "--quiet"]) == 0
     out = tmp_path/"results"/"smoke"
     for e in ("paper1", "paper2", "paper3"):
         for f in ("table.csv", "table.md", "claims.csv", "runs.csv", "best.png", "curves.png"):

@@ -148,7 +148,7 @@ def test_read_only_folder_in_sweep_and_reproduce(tmp_path, monkeypatch):
         if dir is not None and str(tmp_path) in str(dir): raise OSError(errno.EROFS, "Read-only file system", str(dir))
         return real(*a, dir=dir, **k)
     monkeypatch.setattr(tempfile, "mkstemp", ro)
-    for argv in (["sweep", "paper2", "--label", "fixed"], ["reproduce", "--preset", "smoke", "--experiments", "paper2"]):
+    for argv in (["sweep", "paper2", "--label", "fixed"], ["reproduce", "--preset", "smoke", "--seeds", "1", "--experiments", "paper2"]):
         with pytest.raises(CLIError) as e: cli(*argv, "--runs", str(tmp_path/"runs"), "--device", "cpu", "--quiet")
         line = one_line_error(e.value)
         assert e.value.code == 74 and str(tmp_path/"runs") in line and "read-only" in line, line
