@@ -110,10 +110,10 @@ def claim_verdict(runs: pd.DataFrame, label: str, baseline: str, direction: str 
     if label not in set(row["label"]):
         raise ValueError(f"label={label!r} has no finished runs{_closest(label, runs['label'].unique())}")
     d = row.set_index("label").loc[label]
-    v = verdict(d["ci_low"], d["ci_high"], direction, margin)
+    v = reading = verdict(d["ci_low"], d["ci_high"], direction, margin)
     notes = [n for n in (d["note"],) if n]
     if in_regime is False: v, notes = "inconclusive", notes + [f"outside the paper's regime: {why}" if why else "outside the paper's regime"]
-    return {"verdict": v, "effect": float(d["mean"]), "ci_low": float(d["ci_low"]), "ci_high": float(d["ci_high"]),
+    return {"verdict": v, "interval_says": reading, "effect": float(d["mean"]), "ci_low": float(d["ci_low"]), "ci_high": float(d["ci_high"]),
             "seeds": int(d["n"]), "wins": int(d["lower"]) if direction != ">" else int(d["n"] - d["lower"]),
             "in_regime": in_regime, "note": "; ".join(notes)}
 
@@ -171,7 +171,7 @@ def settle_by_seed(conv: pd.DataFrame, threshold: float = 0.9, column: str = "ck
     return out.assign(done=True)
 
 # %% ../nbs/11_stats.ipynb #ed4dce63
-VERDICT_COLUMNS = ["paper", "claim", "verdict", "effect", "ci_low", "ci_high", "seeds", "wins", "preset", "in_regime", "regime", "note"]
+VERDICT_COLUMNS = ["paper", "claim", "verdict", "interval_says", "effect", "ci_low", "ci_high", "seeds", "wins", "preset", "in_regime", "regime", "note"]
 
 def verdicts(experiment, runs: pd.DataFrame, regime: pd.DataFrame|None = None, preset: str = "",
              settle: pd.DataFrame|None = None, confidence: float = 0.95) -> pd.DataFrame:
@@ -186,7 +186,7 @@ def verdicts(experiment, runs: pd.DataFrame, regime: pd.DataFrame|None = None, p
         table = (settle[settle["component"] == "all"] if settle is not None else None) if h.metric == "settle_frac" else runs
         try: v = claim_verdict(table, h.label, h.baseline, h.direction, h.metric, h.margin, ok, why, confidence)
         except (ValueError, KeyError, TypeError) as e:
-            v = {"verdict": "inconclusive", "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan, "seeds": 0, "wins": 0,
+            v = {"verdict": "inconclusive", "interval_says": "not measured", "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan, "seeds": 0, "wins": 0,
                  "in_regime": ok, "note": f"not measured: {e}"}
         rows.append({"paper": exp.name, "claim": h.claim, **v, "preset": preset, "regime": summary})
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)

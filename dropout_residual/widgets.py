@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_widgets.ipynb #7f9f08c9
 from __future__ import annotations
-import html, os, shlex, signal, threading, time, traceback
+import datetime, html, json, os, shlex, signal, threading, time, traceback
 from pathlib import Path
 from typing import Sequence
 
@@ -19,11 +19,11 @@ from .utils import show_progress
 from .store import load_runs, runs_root
 from .papers import EXPERIMENTS, experiment_runs, get_experiment
 from .stats import compare, summarise
-from .sweep import SweepResult, sweep
+from .sweep import SweepResult, estimate_seconds, sweep
 from .viz import draw_figures, style_results
 
 # %% auto #0
-__all__ = ['WIDGETS_ENV', 'live_kernel', 'devices', 'forward_interrupts', 'ExperimentPanel']
+__all__ = ['WIDGETS_ENV', 'CONFIRM_SECONDS', 'live_kernel', 'devices', 'forward_interrupts', 'ExperimentPanel']
 
 # %% ../nbs/16_widgets.ipynb #c44d616d
 WIDGETS_ENV = "DROPOUT_RESIDUAL_WIDGETS"
@@ -107,6 +107,8 @@ def _build(self: ExperimentPanel, exp, preset: str, labels, seeds: int, device: 
                                 tooltip="stop at the next step boundary; the checkpoint is kept and Run resumes")
     self.show_button = W.Button(description="Show stored", icon="folder-open", tooltip="draw what the run store holds; trains nothing")
     self.status = W.HTML(value=self._status_text("ready"))
+    self.bar = W.IntProgress(value=0, min=0, max=1, description="groups", style=style, layout=W.Layout(width="420px"))
+    self._confirmed = None                      # the selection whose long estimate was shown: a second press runs it
     self.log, self.table_out, self.plots = W.Output(), W.Output(), W.Output()
     self.run_button.on_click(lambda b: self.on_run(b))             # the methods below, looked up when pressed
     self.stop_button.on_click(lambda b: self.on_stop(b))
@@ -115,7 +117,7 @@ def _build(self: ExperimentPanel, exp, preset: str, labels, seeds: int, device: 
     self.preset.observe(lambda change: self.on_experiment(change), names="value")   # a preset may run other configurations
     self._sync_skip_mode()
     controls = W.VBox([self.experiment, W.HBox([self.preset, self.seeds]), self.configs,
-                       W.HBox([self.device, self.skip_mode]), W.HBox([self.run_button, self.stop_button, self.show_button]), self.status])
+                       W.HBox([self.device, self.skip_mode]), W.HBox([self.run_button, self.stop_button, self.show_button]), self.status, self.bar])
     self.widget = W.VBox([controls, W.Accordion([self.log], titles=("progress",)), self.table_out, self.plots])
 
 @patch
@@ -194,6 +196,7 @@ def _draw(self: ExperimentPanel, experiment: str, ids: Sequence[str], result: Sw
 @patch
 def _on_group(self: ExperimentPanel, i: int, n: int, experiment: str, ids: Sequence[str], t0: float) -> None:
     "`sweep`'s `on_group`: before the first group say what is to train, after each redraw."
+    self.bar.max, self.bar.value = max(n, 1), i if n else 1
     if i == 0:
         self._n_groups = n
         self.status.value = self._status_text(f"running: {len(ids)} runs, {n} group(s) to train"); return
@@ -210,6 +213,7 @@ def on_run(self: ExperimentPanel, button=None) -> SweepResult|None:
     try:
         sel = self.selection()
         t0, ids = time.perf_counter(), self._selected_ids(sel)
+        if not self._go_ahead(sel): return None
         failed = None
         with self.log:
             if show_progress(self.progress): print(f"the same from a terminal: {self.command()}", flush=True)
@@ -246,6 +250,34 @@ def on_show(self: ExperimentPanel, button=None) -> pd.DataFrame:
     done = int(self.runs["done"].sum()) if len(self.runs) else 0
     self.status.value = self._status_text(f"stored: {done} of {len(ids)} selected runs are finished under {self.root}")
     return self.results
+
+# %% ../nbs/16_widgets.ipynb #d3e84cf1
+CONFIRM_SECONDS = 3600   # a run estimated longer than this here asks for a second press of Run
+
+@patch
+def estimate(self: ExperimentPanel, sel: dict|None = None) -> float:
+    "Estimated seconds to train the unfinished runs of the selection on its device (`sweep.estimate_seconds`)."
+    sel = sel or self.selection()
+    specs = experiment_runs(sel["experiment"], sel["preset"], sel["seeds"], sel["overrides"], sel["labels"])
+    return estimate_seconds(specs, self.root, sel["device"])
+
+@patch
+def _go_ahead(self: ExperimentPanel, sel: dict) -> bool:
+    "Say the estimate; above `CONFIRM_SECONDS` only a second press with the same selection goes ahead. Clears the old figures."
+    est = self.estimate(sel)
+    key = json.dumps({k: v for k, v in sel.items() if k != "root"}, sort_keys=True, default=str)
+    when = datetime.timedelta(seconds=round(est))
+    if est > CONFIRM_SECONDS and self._confirmed != key:
+        self._confirmed = key
+        self.status.value = self._status_text(f"estimated {when} here (device {sel['device']}): press Run again to start, "
+                                              "or choose a smaller preset or fewer seeds", "error")
+        return False
+    self._confirmed = None
+    for f in self.figures.values(): plt.close(f)
+    self.figures = {}
+    self.table_out.clear_output(); self.plots.clear_output()
+    self.status.value = self._status_text(f"starting: estimated {when} here")
+    return True
 
 # %% ../nbs/16_widgets.ipynb #afccd659
 @patch
