@@ -202,3 +202,16 @@ def test_jupyter_save_hook_cleans(tmp_path):
     code["execution_count"] = 7; nb["metadata"]["stray"] = {"x": 1}
     clean_jupyter(path=NBS/"00_utils.ipynb", model={"type": "notebook", "content": nb})
     assert code["execution_count"] is None and "stray" not in nb["metadata"] and nb["metadata"]["kernelspec"]
+
+def test_navbar_shows_the_version_and_the_source():
+    "The navbar carries settings.ini's version and a link to the repository."
+    from nbdev.config import get_config
+    cfg, quarto = get_config(path=ROOT), (NBS/"_quarto.yml").read_text()
+    assert f'text: "v{cfg.version}"' in quarto, f"nbs/_quarto.yml: the navbar's version is not settings.ini's {cfg.version}"
+    assert f"href: {cfg.git_url}" in quarto and "icon: github" in quarto, "nbs/_quarto.yml: no GitHub link in the navbar"
+
+@pytest.mark.parametrize("nb", sorted(str(p.relative_to(NBS)) for p in NBS.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts))
+def test_no_stale_widget_state(nb):
+    "Widget states saved in a notebook's metadata make its page load require.js for widgets that no kernel drives."
+    assert "widgets" not in json.loads((NBS/nb).read_text())["metadata"], \
+        f"{nb}: widget states in its metadata; run it with tools/execute_papers.py (which drops them) or delete metadata.widgets"
