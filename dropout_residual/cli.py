@@ -75,7 +75,8 @@ def _cmd_sample(args) -> int:
     dev = next(model.parameters()).device
     idx = torch.tensor([tok.encode(args.prompt)], dtype=torch.long, device=dev)  # (1, T)
     g = torch.Generator(device=dev).manual_seed(args.seed)
-    out = model.generate(idx, args.tokens, temperature=args.temperature, top_k=args.top_k, generator=g)  # (E, 1, T+N)
+    try: out = model.generate(idx, args.tokens, temperature=args.temperature, top_k=args.top_k, generator=g)  # (E, 1, T+N)
+    except ValueError as e: raise ValueError(f"run {args.run}: {e}") from None   # name the run whose checkpoint it is
     members = range(E) if args.member is None else [args.member]
     for e in members:
         if E > 1 and args.member is None: print(f"=== member {e} ===")

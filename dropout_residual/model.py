@@ -333,6 +333,9 @@ def _sample(logits, temperature, top_k, generator):
         v, _ = torch.topk(logits, top_k)
         logits = logits.masked_fill(logits < v[..., [-1]], float("-inf"))
     probs = logits.softmax(-1).view(E*B, V)
+    if not torch.isfinite(probs).all():    # weights that overflow (inf or NaN logits): say so, not multinomial's error
+        raise ValueError("the model's next-token probabilities are not finite (its logits overflow): its weights are "
+                         "broken; check the checkpoint it was loaded from (or retrain the run)")
     return torch.multinomial(probs, 1, generator=generator).view(E, B)
 
 # %% ../nbs/04_model.ipynb #f565dc2d

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #df909b18
 from __future__ import annotations
-import contextlib, datetime, math, os, signal, statistics, threading, time
+import contextlib, datetime, math, os, signal, statistics, sys, threading, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 
@@ -122,6 +122,9 @@ def _dist_setup(device: torch.device) -> tuple[int, int, torch.device, bool]:
     started = False
     if not dist.is_initialized():
         timeout = float(os.environ.get(DIST_TIMEOUT_ENV, 60))
+        print(f"rank {rank} of {world}: waiting up to {timeout:g} s for the other ranks at "
+              f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} (torchrun variables RANK, WORLD_SIZE, "
+              f"MASTER_ADDR, MASTER_PORT; {DIST_TIMEOUT_ENV} sets the wait)", file=sys.stderr, flush=True)
         try: dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout))
         except Exception as e:
             env = " ".join(f"{k}={os.environ.get(k)}" for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))

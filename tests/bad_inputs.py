@@ -344,6 +344,10 @@ def nan_weights(ws):
     "A copy of the tiny run whose ckpt.pt holds a NaN in its token embedding (a consistent, digested file)."
     edit_ckpt(run_copy(ws)/'ckpt.pt', lambda st: st['model']['wte.weight'].view(-1)[0].fill_(float('nan')))
 
+def overflowing_weights(ws):
+    "A copy of the tiny run with one finite but huge weight (3e38, as a flipped exponent bit makes; a consistent, digested file)."
+    edit_ckpt(run_copy(ws)/'ckpt.pt', lambda st: st['model']['wte.weight'].view(-1)[0].fill_(3e38))
+
 def ckpt_is_a_folder(ws):
     "A copy of the tiny run whose ckpt.pt is a directory."
     p = run_copy(ws)/'ckpt.pt'; p.unlink(); p.mkdir()
@@ -384,6 +388,10 @@ def _(ws):
 
 @case('cli-sample-nan-weights', 'cli', CLIError, 'ckpt.pt holds non-finite weights (NaN or inf) in tensor wte.weight',
       setup=nan_weights, exit_code=2)
+def _(ws): cli('sample', '--run', str(ws/'run'))
+
+@case('cli-sample-overflowing-weights', 'cli', CLIError, "run {ws}/run: the model's next-token probabilities are not finite",
+      setup=overflowing_weights, exit_code=2)
 def _(ws): cli('sample', '--run', str(ws/'run'))
 # ---------------------------------------------------------------- reliability round 2: silent wrong results, one-line failures
 def summary_member(ws: Path, **change):

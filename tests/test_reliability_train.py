@@ -156,6 +156,7 @@ def test_stale_torchrun_variables_time_out_naming_them(tmp_path, rank):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     for v in (f"RANK={rank}", "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1", f"MASTER_PORT={port}", T.DIST_TIMEOUT_ENV):
         assert v in r.stderr, (v, r.stderr)
+    assert f"rank {rank} of 2: waiting up to 3 s for the other ranks at 127.0.0.1:{port}" in r.stderr, r.stderr   # said before it waits
 
 def test_a_run_begun_with_global_rng_masks_resumes_them_bitwise(tmp_path, monkeypatch):
     "A checkpoint written before per-member mask generators (no 'masks' entry) continues with torch's global RNG, bitwise."
