@@ -170,7 +170,9 @@ def test_cross_references_land_on_anchors(site):
 
 @needs_quarto
 def test_site_hygiene(site, built):
-    assert not (site/"papers"/"results").exists(), "papers/results/** must not be rendered as pages"
+    res = site/"papers"/"results"
+    assert not [p for p in res.rglob("*") if p.is_file() and p.suffix != ".csv"], "papers/results/** must not be rendered as pages"
+    assert list(res.rglob("*.csv")), "the results CSVs are published as downloads (_quarto.yml resources)"
     assert not list(site.rglob("*.md")), "no markdown (CommonMark) outputs beside the HTML pages"
     assert "CommonMark" not in (site/"index.html").read_text(), "pages link a CommonMark format"
     assert (built/"README.md").read_text(encoding="utf-8") == (ROOT/"README.md").read_text(encoding="utf-8"), \
