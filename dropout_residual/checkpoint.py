@@ -300,7 +300,11 @@ def load_run(out_dir: Path|str, device: str|torch.device = "cpu") -> tuple[GPT, 
     _check_config_matches(rf, cfgs["model"], st.get("model_config"))
     check_finite(rf.ckpt, st["model"])
     model = GPT(mcfg)
-    model.load_state_dict(st["model"])
+    try: model.load_state_dict(st["model"])
+    except RuntimeError as e:              # an older checkpoint without model_config, with weights of other shapes
+        first = next((l.strip() for l in str(e).splitlines()[1:] if l.strip()), str(e).splitlines()[0])
+        raise CheckpointError(f"{rf.ckpt} does not fit the model {rf.config} describes ({first}); restore config.json "
+                              f"from the run, or retrain it") from None
     model.to(resolve_device(str(device))).eval()
     tok = rf.read_tokenizer()
     return model, tok, {"model": mcfg, "train": tcfg, "schedules": cfgs.get("schedules"), "step": int(st["step"])}

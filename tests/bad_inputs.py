@@ -164,6 +164,15 @@ def _(ws): train(*tiny_configs(), data=tiny_data(), out_dir=ws/'run')
       setup=lambda ws: corrupt(run_copy(ws)/'ckpt.pt', 'garbage'))
 def _(ws): load_run(ws/'run')
 
+def no_model_config_other_width(ws):
+    "A copy of the tiny run whose ckpt.pt lacks model_config (an older file) and whose config.json says another width."
+    f = run_copy(ws); edit_ckpt(f/'ckpt.pt', lambda st: st.pop('model_config', None))
+    c = read_json(f/'config.json'); write_json(f/'config.json', {**c, 'model': {**c['model'], 'n_embd': 2 * c['model']['n_embd']}})
+
+@case('ckpt-without-model-config-other-shapes', 'checkpoint', ValueError,
+      '{ws}/run/ckpt.pt does not fit the model {ws}/run/config.json describes (size mismatch', setup=no_model_config_other_width)
+def _(ws): load_run(ws/'run')
+
 @case('ckpt-empty', 'checkpoint', ValueError, '{ws}/run/ckpt.pt',
       setup=lambda ws: corrupt(run_copy(ws)/'ckpt.pt', 'empty'))
 def _(ws): load_checkpoint(ws/'run'/'ckpt.pt')
