@@ -262,7 +262,8 @@ _OS_FIXES = {errno.EROFS: "the file system is read-only: choose a writable folde
              errno.ENAMETOOLONG: "use a shorter path (a name is at most 255 bytes)",
              errno.ENOTDIR: "a part of the path is a file, not a folder: move that file or choose another path",
              errno.EEXIST: "a file stands where a folder is needed: move it or choose another path",
-             errno.EISDIR: "a folder stands where a file is needed: move it or choose another path"}
+             errno.EISDIR: "a folder stands where a file is needed: move it or choose another path",
+             errno.ENOENT: "the path or a folder on it does not exist: check it, create the folder, or choose another path"}
 
 def _os_error_line(e: OSError) -> str:
     "One line for a file-system error: the path, the cause, the fix."
@@ -297,6 +298,7 @@ def main(argv: list[str]|None = None) -> int:
         return getattr(e, "exit_code", 130)
     except (ValueError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, FileNotFoundError) and e.filename: msg = _os_error_line(e)   # a raw errno 2 from the file system
         print(f"dropout-residual {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except OSError as e:

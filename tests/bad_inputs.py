@@ -444,6 +444,9 @@ def _(ws): cli('train', '--preset', 'smoke', '--set', f'out_dir={ws}/x', '--out'
 @case('cli-out-name-too-long', 'cli', CLIError, 'use a shorter path', exit_code=74)
 def _(ws): cli('train', '--preset', 'smoke', '--set', 'max_iters=1', '--out', str(ws/('a' * 300)), '--quiet')
 
+@case('cli-out-cannot-exist', 'cli', CLIError, 'cannot write or read /proc/dropout_residual_x: No such file or directory; the path or a folder', exit_code=2)
+def _(ws): cli('train', '--preset', 'smoke', '--set', 'max_iters=1', '--out', '/proc/dropout_residual_x', '--quiet')
+
 @case('cli-runs-under-a-file', 'cli', CLIError, '{ws}/f', exit_code=74,
       setup=lambda ws: write(ws/'f', 'x'))
 def _(ws): cli('sweep', 'paper2', '--label', 'fixed', '--runs', str(ws/'f'/'runs'), '--device', 'cpu', '--quiet')
