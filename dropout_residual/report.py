@@ -58,9 +58,15 @@ def write_results(res: SweepResult, folder: Path|str, cache: dict|None = None) -
         files.append(save_figure(fig, folder/f"{n}_{name}.png", close=True))
     return files
 
-def reproduce(preset: str = "regime", root: Path|str|None = None, seeds: int|Sequence[int] = 3, executor: str = "local",
-              experiments: Sequence[str] = ("paper1", "paper2", "paper3"), device: str = "auto",
-              max_members: int|None = None, progress: bool|None = None) -> dict[str, SweepResult]:
+def reproduce(preset: str = "regime",                  # the papers' regime proxies; quick is the fast demo
+              root: Path|str|None = None,               # the results root; tables go under <root>/results/<preset>/
+              seeds: int|Sequence[int] = 3,             # seeds per configuration
+              executor: str = "local",                  # local or ray (see `sweep`)
+              experiments: Sequence[str] = ("paper1", "paper2", "paper3"),  # which papers
+              device: str = "auto",                     # auto (CUDA if present), cpu, cuda, cuda:N
+              max_members: int|None = None,             # at most this many members per stacked group
+              progress: bool|None = None,               # the estimate, the overall bar and the groups' bars
+             ) -> dict[str, SweepResult]:
     "Sweep every paper's experiment and write tables, figures, `verdicts.csv` and `report.md` under `<root>/results/<preset>/`."
     exps = [get_experiment(e) for e in experiments]
     if preset not in SWEEP_PRESETS: raise ValueError(f"preset={preset!r} is unknown{_closest(preset, SWEEP_PRESETS)}")

@@ -338,10 +338,19 @@ class SweepResult:
 
     def __repr__(self): return f"SweepResult({self.experiment.name}, preset={self.preset!r}, runs={len(self.runs)}, trained={self.trained})"
 
-def sweep(experiment: str|Experiment, preset: str = "smoke", seeds: int|Sequence[int] = 1, executor: str = "local",
-          root: Path|str|None = None, overrides: dict|None = None, labels: Sequence[str]|None = None,
-          device: str = "auto", max_members: int|None = None, progress: bool|None = None,
-          on_group: Callable|None = None, stop=None) -> SweepResult:
+def sweep(experiment: str|Experiment,        # paper1, paper2, paper3 (or an `Experiment`)
+          preset: str = "smoke",                # smoke, quick, regime or paper (`papers.SWEEP_PRESETS`)
+          seeds: int|Sequence[int] = 1,         # how many seeds (0..n-1), or the seeds themselves
+          executor: str = "local",              # local (one group after another here) or ray (a task per group)
+          root: Path|str|None = None,           # the results root (default `$DROPOUT_RESIDUAL_RUNS`, else runs/)
+          overrides: dict|None = None,          # config fields set for every run (`--set`), e.g. {"skip_mode": "add"}
+          labels: Sequence[str]|None = None,    # only these configurations (default: those the preset runs)
+          device: str = "auto",                 # auto (CUDA if present), cpu, cuda, cuda:N
+          max_members: int|None = None,         # at most this many members per stacked group (default: memory-aware)
+          progress: bool|None = None,           # progress bars and messages (default: in a terminal or live notebook)
+          on_group: Callable|None = None,       # called as on_group(i, n, group_dir) before (i=0) and after each group
+          stop=None,                            # anything with is_set(): stop at the next step boundary
+         ) -> SweepResult:
     "Train every unfinished run of `experiment` at `preset` x `seeds` (grouped, resumable) and compare with the paper."
     if executor not in EXECUTORS: raise ValueError(f"executor={executor!r} is unknown{_closest(executor, EXECUTORS)}")
     if executor == "ray": _import_ray()
