@@ -21,8 +21,9 @@ from .config import ADDED_FIELDS, GPTConfig, TrainConfig
 from .model import GPT
 
 # %% auto #0
-__all__ = ['CheckpointError', 'tensor_digests', 'save_checkpoint', 'load_checkpoint', 'RunFolder', 'corpus_identity',
-           'check_same_corpus', 'RunBusyError', 'check_finite', 'load_weights', 'load_run']
+__all__ = ['CheckpointError', 'tensor_digests', 'save_checkpoint', 'load_checkpoint', 'RunFolder', 'summary_digest',
+           'check_summary', 'corpus_identity', 'check_same_corpus', 'RunBusyError', 'check_finite', 'load_weights',
+           'load_run']
 
 # %% ../nbs/06_checkpoint.ipynb #abae3218
 class CheckpointError(ValueError):
@@ -148,15 +149,27 @@ def read_config(self: RunFolder) -> dict:
                                  f"restore it, or train the run again with resume=True (train() writes config.json again)")
     return cfgs
 
+def summary_digest(summary: dict) -> str:
+    "The sha256 (16 hex digits) of a summary's numbers, all but its own `digest` key: an edit by hand shows."
+    return hashlib.sha256(_dumps({k: v for k, v in summary.items() if k != "digest"})).hexdigest()[:16]
+
+def check_summary(summary, path: Path) -> dict:
+    "`summary` (read from `path`) if it is an object whose `digest` matches its numbers, else an error naming the file."
+    if not isinstance(summary, dict): why = f"it holds a {type(summary).__name__}, not an object"
+    elif summary.get("digest") != summary_digest(summary):
+        why = "its digest does not match its numbers (edited by hand, or damaged)" if "digest" in summary else "it has no digest"
+    else: return summary
+    raise ValueError(f"{path} is not a summary this package wrote: {why}; restore it, or delete it to train the run again")
+
 @patch
 def write_summary(self: RunFolder, summary: dict) -> Path:
-    "Write summary.json (atomically): the last file of a finished run."
-    return atomic_write_bytes(self.summary, _dumps(summary))
+    "Write summary.json (atomically) with its `summary_digest`: the last file of a finished run."
+    return atomic_write_bytes(self.summary, _dumps({**summary, "digest": summary_digest(summary)}))
 
 @patch
 def read_summary(self: RunFolder) -> dict:
-    "summary.json as a dict (an error naming the file if it is corrupt)."
-    return read_json(self.summary)
+    "summary.json as a dict, its digest checked (an error naming the file if it is corrupt or edited)."
+    return check_summary(read_json(self.summary), self.summary)
 
 # %% ../nbs/06_checkpoint.ipynb #61ccc58f
 @patch

@@ -15,6 +15,7 @@ import pandas as pd
 
 from .utils import _jsonable, read_json, write_json
 from .config import ADDED_FIELDS, GPTConfig, TrainConfig
+from .checkpoint import summary_digest
 
 # %% auto #0
 __all__ = ['RUNS_ENV', 'RUN_EXCLUDE', 'RUN_OPTIONAL', 'IDENTITY_KEYS', 'RUN_COLUMNS', 'runs_root', 'read_history',
@@ -116,7 +117,7 @@ def _check_identity(folder: Path, meta: dict) -> None:
     "The run id, experiment and seed of a run.json agree with its folder and hashed config; label and preset with `identity`."
     want = {"run_id": folder.name, "experiment": folder.parent.name, "seed": meta["config"].get("train", {}).get("seed")}
     bad = [k for k, v in want.items() if meta.get(k) != v]
-    if "identity" in meta and meta["identity"] != identity_hash(meta): bad += [k for k in ("label", "preset") if k in meta]
+    if meta.get("identity") != identity_hash(meta): bad += [k for k in ("label", "preset", "identity") if k in meta or k == "identity"]
     if bad:
         k = bad[0]
         raise RunCollisionError(f"{folder/'run.json'} says {k}={meta.get(k)!r}, which its folder and hashed config do not "
@@ -144,12 +145,13 @@ def _summary(folder: Path, figures: bool = True) -> dict:
     s, why = read_json(folder/"summary.json"), ""
     ms = s.get("members") if isinstance(s, dict) else None
     if not isinstance(s, dict): why = f"it holds a {type(s).__name__}, not an object"
-    elif not (figures and s.get("done")): pass
+    elif not s.get("done") or not figures and s.get("digest") == summary_digest(s): pass   # run_state: a sealed summary
     elif not (isinstance(ms, list) and ms and isinstance(ms[0], dict)): why = "it has no members"
     else:
         bad = [k for k in ("best_val_loss", "final_train_loss", "final_val_loss", "best_val_step")
                if k not in ms[0] or isinstance(ms[0][k], bool) or not isinstance(ms[0][k], (int, float, type(None)))]
         if bad: why = f"members[0].{bad[0]}={ms[0].get(bad[0], 'missing')!r} is not a number"
+    if not why and s.get("digest") != summary_digest(s): why = "its digest does not match its numbers (edited by hand?)"
     if why: raise ValueError(f"{folder/'summary.json'} (run {folder.name}) is corrupt: {why}; delete it to train the run again")
     return s
 

@@ -176,10 +176,10 @@ def _train_group(gdir: Path, device: str, progress: bool|None, data, options: di
     if not todo: return []
     specs = [spec_from_folder(f) for f in folders]
     mcfg, tcfg, scheds = group_configs(specs, device, options)
-    done = (gdir/"summary.json").exists() and read_json(gdir/"summary.json").get("done")
+    done = (gdir/"summary.json").exists() and RunFolder(gdir).read_summary().get("done")
     if done and (gdir/"ckpt.pt").exists():           # trained, but the split was interrupted
         model = load_run(gdir)[0]
-        hist, summary = read_history(gdir/"history.csv"), read_json(gdir/"summary.json")
+        hist, summary = read_history(gdir/"history.csv"), RunFolder(gdir).read_summary()
     else:
         try: res = train(mcfg, tcfg, data if data is not None else _data(), schedules=scheds, out_dir=gdir,
                          resume=not done, progress=progress, stop=stop)

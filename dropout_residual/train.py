@@ -21,7 +21,7 @@ from .layers import member_generators
 from .model import GPT
 from . import schedules as S
 from .config import COMPILE_MODES, TrainConfig
-from .checkpoint import RunFolder, _check_same_run, check_same_corpus, corpus_identity
+from .checkpoint import RunFolder, _check_same_run, check_same_corpus, corpus_identity, summary_digest
 
 # %% auto #0
 __all__ = ['RANK_SEED_STRIDE', 'DIST_TIMEOUT_ENV', 'HISTORY_COLUMNS', 'resolve_dtype', 'autocast', 'compile_model',
@@ -574,6 +574,7 @@ def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = N
                 if log.bar is not None: log.bar.close()
         hist = s.history.frame()
         summary = _summary(hist, s.times, cfg, s.seeds, s.n_members, world, s.step)
+        summary["digest"] = summary_digest(summary)
         if s.writer is not None: s.writer.write_summary(summary)
         return TrainResult(s.model, hist, summary, folder.path if folder is not None else None)
     finally:

@@ -466,6 +466,14 @@ def _(ws): load_runs(ws/'runs')
       setup=lambda ws: edit_run_json(ws, label='adaptive'))
 def _(ws): load_runs(ws/'runs')
 
+@case('sweep-run-json-label-edited-no-identity', 'sweep', ValueError, "label='adaptive'",
+      setup=lambda ws: edit_run_json(ws, label='adaptive', identity=None))
+def _(ws): load_runs(ws/'runs')
+
+@case('sweep-summary-number-edited', 'sweep', ValueError, 'its digest does not match its numbers',
+      setup=lambda ws: summary_member(ws, best_val_loss=0.5))
+def _(ws): load_runs(ws/'runs')
+
 @case('sweep-run-json-seed-edited', 'sweep', ValueError, 'seed=5',
       setup=lambda ws: edit_run_json(ws, seed=5))
 def _(ws): load_runs(ws/'runs')
