@@ -4,6 +4,7 @@
 
 # %% ../nbs/15_report.ipynb #7130f6ca
 from __future__ import annotations
+import dropout_residual
 import pandas as pd
 import datetime, time
 from pathlib import Path
@@ -19,7 +20,8 @@ from .stats import regime_indicators, settle_by_seed, to_markdown, verdicts
 from .viz import FigureData, draw_figures, save_figure
 
 # %% auto #0
-__all__ = ['HISTORY_COLUMNS', 'sweep_verdicts', 'history_table', 'write_results', 'reproduce']
+__all__ = ['HISTORY_COLUMNS', 'SAVED_BASES', 'sweep_verdicts', 'history_table', 'write_results', 'reproduce', 'saved_results_dir',
+           'load_saved']
 
 # %% ../nbs/15_report.ipynb #dcb3f778
 def sweep_verdicts(res: SweepResult, cache: dict|None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -98,3 +100,21 @@ def reproduce(preset: str = "regime",                  # the papers' regime prox
     if bar is not None: bar.close()
     _say(progress, f"tables and figures written to {out}")
     return results
+
+# %% ../nbs/15_report.ipynb #7f4c6fe1
+SAVED_BASES = ("results", "papers/results", "nbs/papers/results")   # where a paper's folder is looked for, in order
+
+def saved_results_dir(paper: str, preset: str = "regime", base: Path|str|None = None) -> Path:
+    "The saved results folder of `paper` at `preset`: under `base`, else `SAVED_BASES` from here, then from the repository root."
+    tried = [Path(base)] if base is not None else [
+        b/x for b in (Path("."), Path(dropout_residual.__file__).resolve().parents[1]) for x in SAVED_BASES]
+    for b in tried:
+        if (b/paper/preset).is_dir(): return b/paper/preset
+    raise FileNotFoundError(f"no saved results of {paper} at preset {preset!r} under {', '.join(str(b) for b in dict.fromkeys(tried))}: "
+                            f"they are committed in the repository's nbs/papers/results/ (clone it), or write them with "
+                            f"`dropout-residual reproduce --preset {preset}`")
+
+def load_saved(paper: str, preset: str = "regime", base: Path|str|None = None) -> dict[str, pd.DataFrame]:
+    "Every `<paper>_<name>.csv` of `saved_results_dir(paper, preset, base)`, by name: runs, table, verdicts, regime, history..."
+    folder = saved_results_dir(paper, preset, base)
+    return {p.stem[len(paper) + 1:]: pd.read_csv(p) for p in sorted(folder.glob(f"{paper}_*.csv"))}

@@ -18,9 +18,10 @@ from IPython.display import display
 from .utils import show_progress
 from .store import load_runs, runs_root
 from .papers import EXPERIMENTS, experiment_runs, get_experiment
-from .stats import compare, summarise
+from .stats import baseline_pairs, compare, summarise
 from .sweep import SweepResult, estimate_seconds, sweep
-from .viz import draw_figures, style_results
+from .viz import draw_figures, plot_loss_curves, plot_paired, style_results
+from .report import load_saved
 
 # %% auto #0
 __all__ = ['WIDGETS_ENV', 'CONFIRM_SECONDS', 'live_kernel', 'devices', 'forward_interrupts', 'ExperimentPanel']
@@ -106,6 +107,8 @@ def _build(self: ExperimentPanel, exp, preset: str, labels, seeds: int, device: 
     self.stop_button = W.Button(description="Stop", icon="stop", disabled=True,
                                 tooltip="stop at the next step boundary; the checkpoint is kept and Run resumes")
     self.show_button = W.Button(description="Show stored", icon="folder-open", tooltip="draw what the run store holds; trains nothing")
+    self.saved_button = W.Button(description="Show saved", icon="book",
+                                 tooltip="draw the results saved with the repository for this experiment and preset; trains nothing")
     self.status = W.HTML(value=self._status_text("ready"))
     self.bar = W.IntProgress(value=0, min=0, max=1, description="groups", style=style, layout=W.Layout(width="420px"))
     self._confirmed = None                      # the selection whose long estimate was shown: a second press runs it
@@ -113,11 +116,12 @@ def _build(self: ExperimentPanel, exp, preset: str, labels, seeds: int, device: 
     self.run_button.on_click(lambda b: self.on_run(b))             # the methods below, looked up when pressed
     self.stop_button.on_click(lambda b: self.on_stop(b))
     self.show_button.on_click(lambda b: self.on_show(b))
+    self.saved_button.on_click(lambda b: self.on_saved(b))
     self.experiment.observe(lambda change: self.on_experiment(change), names="value")
     self.preset.observe(lambda change: self.on_experiment(change), names="value")   # a preset may run other configurations
     self._sync_skip_mode()
     controls = W.VBox([self.experiment, W.HBox([self.preset, self.seeds]), self.configs,
-                       W.HBox([self.device, self.skip_mode]), W.HBox([self.run_button, self.stop_button, self.show_button]), self.status, self.bar])
+                       W.HBox([self.device, self.skip_mode]), W.HBox([self.run_button, self.stop_button, self.show_button, self.saved_button]), self.status, self.bar])
     self.widget = W.VBox([controls, W.Accordion([self.log], titles=("progress",)), self.table_out, self.plots])
 
 @patch
@@ -250,6 +254,34 @@ def on_show(self: ExperimentPanel, button=None) -> pd.DataFrame:
     done = int(self.runs["done"].sum()) if len(self.runs) else 0
     self.status.value = self._status_text(f"stored: {done} of {len(ids)} selected runs are finished under {self.root}")
     return self.results
+
+# %% ../nbs/16_widgets.ipynb #0892c40f
+@patch
+def on_saved(self: ExperimentPanel, button=None) -> pd.DataFrame:
+    "Show the saved results of the experiment at the chosen preset (`report.load_saved`); trains nothing. Returns the verdicts."
+    exp, preset = get_experiment(self.experiment.value), self.preset.value
+    try: saved = load_saved(exp.name, preset)
+    except FileNotFoundError as e:
+        self.status.value = self._status_text(str(e), "error"); return pd.DataFrame()
+    self.runs, self.results = saved.get("runs", pd.DataFrame()), saved.get("table", pd.DataFrame())
+    for f in self.figures.values(): plt.close(f)
+    self.figures = {}
+    if len(pairs := baseline_pairs(exp, self.runs)):
+        self.figures["paired"] = plot_paired(pairs, exp.metric, title=f"{exp.name} ({preset}, saved): paired by seed against {exp.baseline}")
+    if len(hist := saved.get("history", pd.DataFrame())):
+        self.figures["curves"] = plot_loss_curves(hist, title=f"{exp.name} ({preset}, saved): loss")
+    verdict = saved.get("verdicts", pd.DataFrame())
+    self.status.value = self._status_text(f"saved: {len(self.runs)} runs of {exp.name} at preset {preset}, "
+                                          f"{len(verdict)} verdicts", "done")
+    if live_kernel():
+        self.table_out.clear_output(wait=True)
+        with self.table_out:
+            if len(verdict): display(verdict[[c for c in ("claim", "verdict", "interval_says", "effect", "ci_low", "ci_high", "seeds") if c in verdict]])
+            if len(self.results): display(style_results(self.results, caption=f"{exp.name}, preset {preset} (saved)"))
+        self.plots.clear_output(wait=True)
+        with self.plots:
+            for f in self.figures.values(): display(f)
+    return verdict
 
 # %% ../nbs/16_widgets.ipynb #d3e84cf1
 CONFIRM_SECONDS = 3600   # a run estimated longer than this here asks for a second press of Run
