@@ -84,6 +84,7 @@ class ExperimentPanel:
         self.runs, self.results, self.figures = pd.DataFrame(), pd.DataFrame(), {}
         self._conv: dict[str, pd.DataFrame] = {}   # paper 3: convergence table per run id (computed once)
         self._stop = threading.Event()              # the flag of the run under way; Stop sets it
+        self.worker: threading.Thread|None = None   # the thread of a run started by the Run button in a live kernel
         if live_kernel(): forward_interrupts()      # built in a cell, on the main thread: Kernel > Interrupt reaches runs
         self._build(exp, preset, labels, seeds, device, skip_mode)
 
@@ -113,7 +114,7 @@ def _build(self: ExperimentPanel, exp, preset: str, labels, seeds: int, device: 
     self.bar = W.IntProgress(value=0, min=0, max=1, description="groups", style=style, layout=W.Layout(width="420px"))
     self._confirmed = None                      # the selection whose long estimate was shown: a second press runs it
     self.log, self.table_out, self.plots = W.Output(), W.Output(), W.Output()
-    self.run_button.on_click(lambda b: self.on_run(b))             # the methods below, looked up when pressed
+    self.run_button.on_click(lambda b: self.press_run(b))          # the methods below, looked up when pressed
     self.stop_button.on_click(lambda b: self.on_stop(b))
     self.show_button.on_click(lambda b: self.on_show(b))
     self.saved_button.on_click(lambda b: self.on_saved(b))
@@ -317,6 +318,19 @@ def on_stop(self: ExperimentPanel, button=None) -> None:
     "Stop the run under way at its next step boundary (its checkpoint is kept; Run resumes it)."
     self.status.value = self._status_text("stopping at the next step boundary ...")
     self._stop.set()
+
+# %% ../nbs/16_widgets.ipynb #995d9506
+@patch
+def press_run(self: ExperimentPanel, button=None) -> SweepResult|None:
+    "What the Run button calls: `on_run` on a worker thread in a live kernel (returns None at once), else `on_run` itself."
+    if not live_kernel(): return self.on_run(button)
+    if self.worker is not None and self.worker.is_alive():
+        self.status.value = self._status_text("a run is under way: press Stop first", "error"); return None
+    def work():
+        try: self.on_run(button)
+        except BaseException: pass               # on_run put the cause in the status line and the traceback in the log
+    self.worker = threading.Thread(target=work, name=f"dropout-residual {self.experiment.value} run", daemon=True)
+    self.worker.start()
 
 # %% ../nbs/16_widgets.ipynb #82c0881d
 @patch

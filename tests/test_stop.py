@@ -191,9 +191,47 @@ def test_real_kernel_interrupt_stops_a_run_pressed_on_a_subshell(tmp_path):
             time.sleep(0.1)
         km.interrupt_kernel()                                     # Kernel > Interrupt: a SIGINT to the kernel
         second = _kernel_reply(kc, run)
-        assert second["stdout"].split()[0] == "False", second     # the press ran off the main thread
-        check = _kernel_reply(kc, _kernel_execute(kc, "print(panel.status.value)"))
-        assert "stopped:" in check["stdout"] and "press Run to resume" in check["stdout"], (check, second)
+        assert second["stdout"].split()[:2] == ["False", "True"], second   # the press ran off the main thread, and returned at once
+        check = _kernel_reply(kc, _kernel_execute(kc, "panel.worker.join(60); print(panel.worker.is_alive(), panel.status.value)"))
+        assert check["stdout"].startswith("False") and "stopped:" in check["stdout"] and "press Run to resume" in check["stdout"], (check, second)
+    finally:
+        kc.stop_channels(); km.shutdown_kernel(now=True)
+    (ck,) = (root/"paper2"/"_groups").glob("*/ckpt.pt")
+    c = load_checkpoint(ck)
+    assert c["kind"] == "interrupt" and 2 <= c["step"] < 8, (c["kind"], c["step"])
+
+
+def test_real_kernel_stop_button_pressed_through_its_comm(tmp_path):
+    "A real ipykernel 7: Run pressed on a subshell thread, then Stop pressed as a browser does, by a comm message to its widget."
+    jc = pytest.importorskip("jupyter_client")
+    root, marker = tmp_path/"runs", tmp_path/"step2"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env.pop("PYTEST_CURRENT_TEST", None); env.pop(widgets.WIDGETS_ENV, None)
+    km = jc.KernelManager(kernel_name="python3")
+    km.start_kernel(env=env, cwd=str(tmp_path))
+    kc = km.client(); kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=WAIT_S)
+        setup = _kernel_reply(kc, _kernel_execute(kc, KERNEL_SETUP.format(root=str(root), marker=str(marker))
+                                                     + "\nprint('stop', panel.stop_button.model_id)"))
+        assert setup["status"] == "ok" and "ready" in setup["stdout"], setup
+        model_id = setup["stdout"].split("stop ")[-1].split()[0]
+        req = kc.session.msg("create_subshell_request", {})
+        kc.control_channel.send(req)
+        sid = kc.get_control_msg(timeout=WAIT_S)["content"].get("subshell_id")
+        if sid is None: pytest.skip("this kernel has no subshells")
+        run = _kernel_execute(kc, "print(panel.run_button.click() is None)", subshell_id=sid)
+        deadline = time.monotonic() + WAIT_S
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the second run never reached step 2"
+            time.sleep(0.1)
+        click = kc.session.msg("comm_msg", {"comm_id": model_id, "data": {"method": "custom", "content": {"event": "click"}}})
+        kc.shell_channel.send(click)                              # what the front end sends when Stop is clicked
+        second = _kernel_reply(kc, run)
+        assert second["status"] == "ok", second
+        check = _kernel_reply(kc, _kernel_execute(kc, "panel.worker.join(60); print(panel.worker.is_alive(), panel.status.value)"))
+        assert check["stdout"].startswith("False") and "stopped:" in check["stdout"] and "press Run to resume" in check["stdout"], (check, second)
     finally:
         kc.stop_channels(); km.shutdown_kernel(now=True)
     (ck,) = (root/"paper2"/"_groups").glob("*/ckpt.pt")
