@@ -46,7 +46,12 @@ class Timing:
     def cpu_median(self) -> float|None: return float(np.median(self.cpu_samples)) if self.cpu_samples else None
     def __repr__(self): return f"Timing(median={self.median*1e3:.3f} ms, iqr={self.iqr*1e3:.3f} ms, n={len(self.samples)})"
 
-def time_fns(fns: dict, repeats: int = 5, inner: int = 1, warmup: int = 1, device: str|torch.device = "cpu") -> dict[str, Timing]:
+def time_fns(fns: dict,                         # {name: fn} of zero-argument callables to compare
+             repeats: int = 5,                  # timed rounds (>= 1); the candidates take turns within each
+             inner: int = 1,                    # calls per sample (>= 1); a sample is their mean time
+             warmup: int = 1,                   # untimed calls of each first (>= 0)
+             device: str|torch.device = "cpu",  # the device synchronised around each sample
+            ) -> dict[str, Timing]:             # {name: `Timing`}
     "Time several `fn()`s: `warmup` untimed calls each, then `repeats` rounds of `inner` calls, interleaved, synchronised."
     if repeats < 1: raise ValueError(f"repeats={repeats} must be >= 1")
     if inner < 1: raise ValueError(f"inner={inner} must be >= 1")
@@ -68,7 +73,12 @@ def time_fns(fns: dict, repeats: int = 5, inner: int = 1, warmup: int = 1, devic
             cpu[k].append((time.process_time() - c0) / inner)
     return {k: Timing(samples[k], warm[k], cpu[k]) for k in fns}
 
-def time_fn(fn, repeats: int = 5, inner: int = 1, warmup: int = 1, device: str|torch.device = "cpu") -> Timing:
+def time_fn(fn,                                # the zero-argument callable to time
+            repeats: int = 5,                  # timed samples (>= 1)
+            inner: int = 1,                    # calls per sample (>= 1); a sample is their mean time
+            warmup: int = 1,                   # untimed calls first (>= 0)
+            device: str|torch.device = "cpu",  # the device synchronised around each sample
+           ) -> Timing:                        # its `Timing`
     "Time `fn()`: `warmup` untimed calls, then `repeats` samples of `inner` calls each, synchronised."
     return time_fns({"fn": fn}, repeats, inner, warmup, device)["fn"]
 
@@ -108,7 +118,10 @@ PEAK_TFLOPS = {  # name fragment: (bfloat16/float16, tf32)
     "A100": (312.0, 156.0),
 }
 
-def peak_flops(device: str|torch.device, dtype: torch.dtype = torch.bfloat16, name: str|None = None) -> float|None:
+def peak_flops(device: str|torch.device,             # the device (CPU: None unless `name` is given)
+               dtype: torch.dtype = torch.bfloat16,  # bfloat16 or float16: the half-precision peak; else the TF32 one
+               name: str|None = None,                # GPU name to look up (None: the device's own)
+              ) -> float|None:                       # datasheet FLOP/s, or None
     "Datasheet peak FLOP/s of `device` for `dtype`, or None (CPU, unknown GPU)."
     device = torch.device(device)
     if device.type != "cuda" and name is None: return None
@@ -118,7 +131,12 @@ def peak_flops(device: str|torch.device, dtype: torch.dtype = torch.bfloat16, na
             return 1e12 * (half if dtype in (torch.bfloat16, torch.float16) else tf32)
     return None
 
-def flops_per_token(n_params: int, n_layer: int, n_embd: int, context: int, train: bool = True) -> float:
+def flops_per_token(n_params: int,       # parameters N (non-embedding, per member)
+                    n_layer: int,        # layers L
+                    n_embd: int,         # width C (n_embd)
+                    context: int,        # tokens attended to T
+                    train: bool = True,  # a training step (forward and backward); False: a forward pass
+                   ) -> float:           # model FLOPs per token
     "Model FLOPs per token: 6N + 12LCT for a training step, 2N + 4LCT for a forward pass."
     return (6 if train else 2) * n_params + (12 if train else 4) * n_layer * n_embd * context
 
@@ -208,7 +226,11 @@ class ReferenceGPT(nn.Module):
 SHAPES = ("paper1", "paper2", "smoke")
 _BRANCH_SITES = ("embd", "attn", "proj", "mlp")
 
-def shape_configs(shape: str, members: int = 1, dropout: float|None = None, **model_kw) -> tuple[GPTConfig, TrainConfig]:
+def shape_configs(shape: str,                         # the preset: paper1, paper2 or smoke (`SHAPES`)
+                  members: int = 1,                   # n_members (>= 1)
+                  dropout: float|None = None,         # rate at the embd, attn, proj and mlp sites (None: the preset's)
+                  **model_kw,                         # more GPTConfig fields
+                 ) -> tuple[GPTConfig, TrainConfig]:  # (model config, training config)
     "The model and training presets `shape` with `members` members; `dropout` (if given) at the embd/attn/proj/mlp sites."
     if shape not in SHAPES: raise ValueError(f"shape={shape!r} must be one of {', '.join(SHAPES)}")
     if not (isinstance(members, int) and members >= 1): raise ValueError(f"members={members!r} must be an integer >= 1")
@@ -223,7 +245,10 @@ def reference_for(cfg: GPTConfig) -> ReferenceGPT:
                          f"got {({s: cfg.rates(s) for s in DROPOUT_SITES})}: use one rate for embd/attn/proj/mlp and skip 0")
     return ReferenceGPT(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size, cfg.bias, rates.pop())
 
-def compile_settings(compile: bool|str, compile_mode: str|None, device: torch.device) -> tuple[bool, str|None]:
+def compile_settings(compile: bool|str,          # True/False, 'on'/'off', or 'auto' (on CUDA only)
+                     compile_mode: str|None,     # a torch.compile mode, or None/'auto' (reduce-overhead on CUDA, else default)
+                     device: torch.device,       # the device the model runs on
+                    ) -> tuple[bool, str|None]:  # (compile, mode); mode None when off
     "Resolve `compile` ('auto': on CUDA only) and `compile_mode` ('auto': 'reduce-overhead' on CUDA, default elsewhere)."
     if compile == "auto": compile = device.type == "cuda"
     if isinstance(compile, str):
@@ -244,16 +269,30 @@ def _maybe_compile(module: nn.Module, compile: bool, mode: str|None) -> nn.Modul
     "The trainer's `compile_model` when `compile`, else the module itself."
     return compile_model(module, mode) if compile else module
 
-def train_step_fn(model: GPT, train_cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                  dtype: torch.dtype, compile: bool = False, compile_mode: str|None = None):
+def train_step_fn(model: GPT,                     # the GPT to train (its optimiser is made here)
+                  train_cfg: TrainConfig,         # training config (optimiser, grad_clip)
+                  x: torch.Tensor,                # input ids (E, B, T)
+                  y: torch.Tensor,                # target ids (E, B, T)
+                  device: torch.device,           # the device the model is on
+                  dtype: torch.dtype,             # autocast dtype (float32: no autocast)
+                  compile: bool = False,          # compile the model first, as the trainer does
+                  compile_mode: str|None = None,  # torch.compile mode (None: torch's default)
+                 ):                               # fn() making one step, returning the loss (E,)
     "A closure making one `train.train_step` of `model` on the batch (x, y), the trainer's step itself (returns the loss, (E,))."
     net = _maybe_compile(model, compile, compile_mode)
     s = TrainState(model, configure_optimizer(model, train_cfg, device), train_cfg, device, dtype, net=net, eval_net=net,
                    graphs=uses_cudagraphs(compile, compile_mode, device))
     return lambda: train_step(s, x, y)[0]
 
-def reference_step_fn(ref: ReferenceGPT, train_cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                      dtype: torch.dtype, compile: bool = False, compile_mode: str|None = None):
+def reference_step_fn(ref: ReferenceGPT,              # the nanoGPT reference model (one member)
+                      train_cfg: TrainConfig,         # training config (optimiser, grad_clip)
+                      x: torch.Tensor,                # input ids (B, T)
+                      y: torch.Tensor,                # target ids (B, T)
+                      device: torch.device,           # the device the model is on
+                      dtype: torch.dtype,             # autocast dtype (float32: no autocast)
+                      compile: bool = False,          # compile the model first, as the trainer does
+                      compile_mode: str|None = None,  # torch.compile mode (None: torch's default)
+                     ):                               # fn() making one step, returning the loss
     "A closure making one nanoGPT training step of the reference on (x, y) (B, T)."
     net = _maybe_compile(ref, compile, compile_mode)
     t = train_cfg
@@ -269,7 +308,11 @@ def reference_step_fn(ref: ReferenceGPT, train_cfg: TrainConfig, x: torch.Tensor
         return loss.detach()
     return step
 
-def random_batch(vocab_size: int, shape: tuple, device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def random_batch(vocab_size: int,                        # ids are drawn from 0..vocab_size-1
+                 shape: tuple,                           # the shape of x and of y, e.g. (E, B, T)
+                 device,                                 # where the tensors go
+                 seed: int = 0,                          # seed of the generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:  # (x, y), y shifted by one token
     "Random token ids (x, y) of `shape` (targets shifted by one), for timing."
     ids = torch.randint(vocab_size, (*shape[:-1], shape[-1] + 1), generator=torch.Generator().manual_seed(seed))
     return ids[..., :-1].contiguous().to(device), ids[..., 1:].contiguous().to(device)
@@ -314,9 +357,20 @@ def _row(name: str, members: int, t: Timing, tokens_per_call: int, flops_per_cal
             "mfu": None if flops_per_call is None else mfu(flops_per_call / t.median, peak),
             "warmup_s": t.warmup_s}
 
-def bench_train(shape: str = "paper1", members: int = 1, compile: bool|str = "auto", compile_mode: str|None = "auto",
-                device: str = "auto", dtype: str = "auto", steps: int = 5, repeats: int = 5, warmup: int = 2,
-                threads: int|None = None, dropout: float|None = None, reference: bool = True, seed: int = 0) -> BenchResult:
+def bench_train(shape: str = "paper1",            # the model and training preset: paper1, paper2 or smoke
+                members: int = 1,                 # members E stacked in GPT
+                compile: bool|str = "auto",       # 'auto' (on CUDA only), 'on', 'off' or a bool
+                compile_mode: str|None = "auto",  # 'auto' (reduce-overhead on CUDA), None or a torch.compile mode
+                device: str = "auto",             # auto (CUDA if present), cpu, cuda, cuda:N
+                dtype: str = "auto",              # autocast dtype: auto (bfloat16 where supported), float32 or bfloat16
+                steps: int = 5,                   # training steps per timed sample
+                repeats: int = 5,                 # timed samples (the median is reported)
+                warmup: int = 2,                  # untimed steps first (compilation, caches)
+                threads: int|None = None,         # torch's CPU threads for the run (None: as set)
+                dropout: float|None = None,       # rate at the embd, attn, proj and mlp sites (None: the preset's)
+                reference: bool = True,           # also time `ReferenceGPT` (one member) for the comparison
+                seed: int = 0,                    # seed of the weights and of the random batch
+               ) -> BenchResult:                  # the table, the JSON record and notes
     "Time the training step of `GPT` (E=`members`) and of `ReferenceGPT` on the `shape` preset, interleaved."
     with num_threads(threads):
         dev, dt = bench_device(device, dtype)
@@ -372,8 +426,15 @@ def _cost_key(c: GPTConfig) -> tuple:
     "Single-member configs with the same key cost the same per step (a rate matters only as zero / nonzero)."
     return (c.skips, c.modes(), tuple(c.rates(s)[0] > 0 for s in DROPOUT_SITES))
 
-def project_grid(runs: int, members: int, iters: int, eval_interval: int, eval_iters: int,
-                 step_s: float, draw_s: float, eval_batch_s: float) -> dict:
+def project_grid(runs: int,            # runs in the grid
+                 members: int,         # runs trained together, one group at a time
+                 iters: int,           # training steps per run (max_iters)
+                 eval_interval: int,   # steps between evals
+                 eval_iters: int,      # batches per split and eval
+                 step_s: float,        # seconds per training step of a group
+                 draw_s: float,        # seconds to draw one batch
+                 eval_batch_s: float,  # seconds per eval batch
+                ) -> dict:             # groups, evals_per_run, train_s, eval_s, total_s
     "Projected wall time (s) of `runs` runs trained `members` at a time from measured per-step, per-draw and per-eval-batch times."
     groups = math.ceil(runs / members)
     n_evals = len(set(range(0, iters, eval_interval)) | {iters})
@@ -471,10 +532,20 @@ def _grid_notes(figures: dict, dev: torch.device, env: dict, comp: bool, mode: s
     return notes
 
 # %% ../nbs/13_bench.ipynb #5f44c9dd
-def bench_grid(grids: list[str]|str|None = None, members: int|None = None, compile: bool|str = "auto",
-               compile_mode: str|None = "auto", device: str = "auto", dtype: str = "auto", steps: int = 2,
-               repeats: int = 3, warmup: int = 1, eval_batches: int = 2, threads: int|None = None, seed: int = 0,
-               data=None) -> BenchResult:
+def bench_grid(grids: list[str]|str|None = None,  # paper1, paper2, smoke, as a list or 'a,b' (None: paper1, and paper2 on CUDA)
+               members: int|None = None,          # members stacked (None: the whole grid, as many as fit on CUDA)
+               compile: bool|str = "auto",        # 'auto' (on CUDA only), 'on', 'off' or a bool
+               compile_mode: str|None = "auto",   # 'auto' (reduce-overhead on CUDA), None or a torch.compile mode
+               device: str = "auto",              # auto (CUDA if present), cpu, cuda, cuda:N
+               dtype: str = "auto",               # autocast dtype: auto (bfloat16 where supported), float32 or bfloat16
+               steps: int = 2,                    # training steps per timed sample
+               repeats: int = 3,                  # timed samples (the median is used)
+               warmup: int = 1,                   # untimed steps first (compilation, caches)
+               eval_batches: int = 2,             # eval batches timed
+               threads: int|None = None,          # torch's CPU threads for the run (None: as set)
+               seed: int = 0,                     # seed of the weights and of the random batch
+               data=None,                         # corpus the batches are drawn from (default: Tiny Shakespeare)
+              ) -> BenchResult:                   # the table, the JSON record and notes
     "Stacked members vs one at a time on each grid's shape (throughput per member, ratio) and the projected grid wall times."
     with num_threads(threads):
         dev, dt = bench_device(device, dtype)
@@ -498,7 +569,11 @@ def bench_grid(grids: list[str]|str|None = None, members: int|None = None, compi
     return BenchResult(pd.DataFrame(rows), rec, notes)
 
 # %% ../nbs/13_bench.ipynb #bceeb9e2
-def generation_contexts(prompt_len: int, new_tokens: int, block_size: int, window: str = "exact") -> np.ndarray:
+def generation_contexts(prompt_len: int,        # tokens in the prompt
+                        new_tokens: int,        # tokens generated
+                        block_size: int,        # the model's context
+                        window: str = "exact",  # 'exact' (the last block_size tokens) or 'slide' (`GPT.generate`)
+                       ) -> np.ndarray:         # the context length of each new token, (new_tokens,)
     "Tokens the model attends to for each new token under `GPT.generate`'s window policy ('exact' | 'slide')."
     if window not in GENERATE_WINDOWS: raise ValueError(f"window={window!r} must be one of {GENERATE_WINDOWS}")
     L = min(prompt_len, block_size) + np.arange(new_tokens)
@@ -509,15 +584,32 @@ def generation_contexts(prompt_len: int, new_tokens: int, block_size: int, windo
         ctx.append(l - ws)
     return np.array(ctx, dtype=int)
 
-def generation_flops(n_params: int, n_layer: int, n_embd: int, prompt_len: int, new_tokens: int, block_size: int,
-                     window: str = "exact") -> float:
+def generation_flops(n_params: int,          # parameters N (non-embedding, per member)
+                     n_layer: int,           # layers L
+                     n_embd: int,            # width C (n_embd)
+                     prompt_len: int,        # tokens in the prompt
+                     new_tokens: int,        # tokens generated
+                     block_size: int,        # the model's context
+                     window: str = "exact",  # 'exact' or 'slide', as `generation_contexts`
+                    ) -> float:              # FLOPs of the whole generation
     "Useful model FLOPs of sampling `new_tokens` after a prompt: sum over tokens of 2N + 4LC * context."
     ctx = generation_contexts(prompt_len, new_tokens, block_size, window)
     return float(new_tokens * 2 * n_params + 4 * n_layer * n_embd * ctx.sum())
 
-def bench_generate(shape: str = "paper2", new_tokens: int = 500, repeats: int = 3, warmup: int = 1, device: str = "auto",
-                   dtype: str = "float32", threads: int|None = None, reference: bool = False, temperature: float = 0.8,
-                   top_k: int|None = 200, seed: int = 0, window: str = "slide", within_block: bool = True) -> BenchResult:
+def bench_generate(shape: str = "paper2",      # the model preset: paper1, paper2 or smoke
+                   new_tokens: int = 500,      # tokens sampled per call, after a one-token prompt
+                   repeats: int = 3,           # timed calls per sampler (the median is reported)
+                   warmup: int = 1,            # untimed calls first
+                   device: str = "auto",       # auto (CUDA if present), cpu, cuda, cuda:N
+                   dtype: str = "float32",     # autocast dtype: float32, bfloat16 or auto
+                   threads: int|None = None,   # torch's CPU threads for the run (None: as set)
+                   reference: bool = False,    # also time the nanoGPT sampler of `ReferenceGPT`
+                   temperature: float = 0.8,   # sampling temperature
+                   top_k: int|None = 200,      # sample among the k likeliest tokens (None: all of them)
+                   seed: int = 0,              # seed of the weights and of the sampling
+                   window: str = "slide",      # the policy whose cache vs recomputation ratio is the headline: 'slide' or 'exact'
+                   within_block: bool = True,  # also time a generation that fits in one block, when `new_tokens` does not
+                  ) -> BenchResult:            # the table, the JSON record and notes
     "Tokens/s at batch 1, KV cache vs full-context recomputation, for both window policies (the headline ratio is `window`'s)."
     if window not in GENERATE_WINDOWS: raise ValueError(f"window={window!r} must be one of {GENERATE_WINDOWS}")
     with num_threads(threads):

@@ -59,7 +59,10 @@ def _verify(path: Path, state: dict) -> dict:
                                   f"was written; restore the file from a copy, or delete it to start over")
     return state
 
-def load_checkpoint(path: Path|str, map_location="cpu", mmap: bool = False) -> dict:
+def load_checkpoint(path: Path|str,      # the checkpoint file (written by `save_checkpoint`)
+                    map_location="cpu",  # where tensors are loaded, as `torch.load`'s map_location (default: the CPU)
+                    mmap: bool = False,  # memory-map the file: tensors are read lazily, on first use
+                   ) -> dict:            # the checkpoint dict, its tensors checked against their digests
     "Load a checkpoint written by `save_checkpoint` (`weights_only=True`; `mmap`: lazily); a corrupt file is a `CheckpointError` naming it."
     path = Path(path)
     if path.is_dir(): raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file; move it away")
@@ -199,7 +202,10 @@ def corpus_identity(data: TokenData) -> dict:
     return {"train_sha256": h(data.train), "val_sha256": h(data.val), "train_tokens": len(data.train),
             "val_tokens": len(data.val), "source": data.source}
 
-def check_same_corpus(path: Path|str, saved: dict|None, data: TokenData):
+def check_same_corpus(path: Path|str,    # the checkpoint, named in the error
+                      saved: dict|None,  # the checkpoint's 'corpus' entry (None: an older checkpoint, nothing to check)
+                      data: TokenData,   # the corpus about to be trained on; a mismatch raises `CheckpointError`
+                     ):
     "Refuse `data` that is not the corpus `saved` (a checkpoint's 'corpus' entry) records; nothing to check without one."
     if saved is None: return
     now = corpus_identity(data)

@@ -372,7 +372,10 @@ def _coerce(v, default, name: str = "value", ftype: str = ""):
     if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool): return float(v)
     return v
 
-def apply_overrides(model_cfg: GPTConfig, train_cfg: TrainConfig, overrides: dict|Sequence[str]) -> tuple[GPTConfig, TrainConfig]:
+def apply_overrides(model_cfg: GPTConfig,               # the model config to start from (left unchanged)
+                    train_cfg: TrainConfig,             # the training config to start from (left unchanged)
+                    overrides: dict|Sequence[str],      # {'key': value} or ['key=value', ...]; a key may be prefixed model. or train.
+                   ) -> tuple[GPTConfig, TrainConfig]:  # new (model config, training config)
     "New configs with `overrides` (`{'key': value}` or `['key=value', ...]`) applied; unknown keys suggest the closest."
     if not isinstance(overrides, dict):
         d = {}

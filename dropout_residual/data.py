@@ -58,7 +58,10 @@ def _env_candidates(value: str) -> list[Path]:
     p = Path(value).expanduser()
     return [p] if p.is_file() or p.suffix == ".txt" else [p/"tinyshakespeare"/"input.txt", p/"input.txt"]
 
-def download_tiny_shakespeare(dest: Path|str|None = None, url: str = TINY_SHAKESPEARE_URL, timeout: float = 30) -> Path:
+def download_tiny_shakespeare(dest: Path|str|None = None,       # file to write (default: the cache's tinyshakespeare/input.txt)
+                              url: str = TINY_SHAKESPEARE_URL,  # where to download it from (default: karpathy/char-rnn on GitHub)
+                              timeout: float = 30,              # seconds the connection may wait before it fails
+                             ) -> Path:                         # the file written, its sha256 checked
     "Download Tiny Shakespeare to `dest` (default: the cache), verifying the checksum before the file appears."
     dest = Path(dest) if dest else cache_dir()/"tinyshakespeare"/"input.txt"
     with urllib.request.urlopen(url, timeout=timeout) as r: data = r.read()

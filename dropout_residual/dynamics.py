@@ -38,7 +38,10 @@ def _debias(xty, rx, ry, nx, ny, n: int):
     "Unbiased HSIC (times a constant) from feature-space quantities (Kornblith et al.'s helper)."
     return xty - n/(n - 2.) * (rx @ ry) + nx*ny/((n - 1)*(n - 2))
 
-def linear_cka(x, y, debiased: bool = False) -> float:
+def linear_cka(x,                       # activations (n, p) of n inputs, a tensor or array
+               y,                       # activations (n, q) of the same n inputs
+               debiased: bool = False,  # use the debiased (unbiased HSIC) estimate; needs n >= 4
+              ) -> float:               # the CKA (nan when an input has no variation)
     "Linear CKA between activations `x` (n, p) and `y` (n, q) of the same n inputs, in float64."
     x, y = _as_np64(x), _as_np64(y)  # numpy: small matrices, no thread-pool overhead
     if x.ndim != 2 or y.ndim != 2:
@@ -60,7 +63,13 @@ def linear_cka(x, y, debiased: bool = False) -> float:
     return float(xty/den)
 
 # %% ../nbs/08_dynamics.ipynb #925616dd
-def chance_cka(n: int, p: int, q: int|None = None, debiased: bool = False, trials: int = 8, seed: int = 0) -> float:
+def chance_cka(n: int,                  # rows (inputs) of each random matrix (>= 4)
+               p: int,                  # columns of the first matrix
+               q: int|None = None,      # columns of the second matrix (None: p)
+               debiased: bool = False,  # the debiased CKA, as `linear_cka`
+               trials: int = 8,         # random pairs averaged (>= 1)
+               seed: int = 0,           # seed of the random generator
+              ) -> float:               # the mean CKA over the trials
     "Mean linear CKA of independent standard-normal `(n, p)` and `(n, q)` matrices: the level CKA reaches by chance."
     if n < 4 or p < 1 or (q is not None and q < 1) or trials < 1:
         raise ValueError(f"n={n} (>= 4), p={p}, q={q} (>= 1) and trials={trials} (>= 1) are out of range")
@@ -113,19 +122,30 @@ def lowrank_svals(a, b) -> torch.Tensor:
 # %% ../nbs/08_dynamics.ipynb #1ec31666
 PROBE_FILE = "probe.pt"
 
-def make_probe(data: TokenData, n: int = 128, block_size: int = 256, seed: int = 1337, split: str = "train") -> torch.Tensor:
+def make_probe(data: TokenData,        # the corpus to draw the windows from
+               n: int = 128,           # number of windows (>= 4; the paper uses 128)
+               block_size: int = 256,  # the model's context; each window holds block_size + 1 ids
+               seed: int = 1337,       # seed of the generator that picks the windows
+               split: str = "train",   # the split drawn from: 'train' or 'val'
+              ) -> torch.Tensor:       # (n, block_size + 1) int64 token ids
     "`n` deterministic windows of `block_size + 1` token ids from `split`, shape (n, block_size+1), int64."
     if not (isinstance(n, int) and n >= 4): raise ValueError(f"n={n} must be an integer >= 4 (CKA needs a few inputs; the paper uses 128)")
     x, y = data.get_batch(split, n, block_size, generator=torch.Generator().manual_seed(seed))
     return torch.cat([x, y[:, -1:]], 1)  # (n, block_size + 1)
 
-def save_probe(run_dir: Path|str, probe: torch.Tensor, **meta) -> Path:
+def save_probe(run_dir: Path|str,    # the run folder; the file is run_dir/probe.pt
+               probe: torch.Tensor,  # token ids (n, T), stored on the CPU
+               **meta,               # where it came from, stored beside it (seed, split, source, block_size...)
+              ) -> Path:             # the file written
     "Store `probe` (and where it came from) in `run_dir/probe.pt`, atomically."
     buf = io.BytesIO()
     torch.save({"tokens": probe.cpu(), **meta}, buf)
     return atomic_write_bytes(Path(run_dir)/PROBE_FILE, buf.getvalue())
 
-def check_probe(probe: torch.Tensor, block_size: int, where: str = "the probe") -> torch.Tensor:
+def check_probe(probe: torch.Tensor,       # token ids to check: (n, T), int64 or int32
+                block_size: int,           # the model's context: T must be at least block_size + 1
+                where: str = "the probe",  # what the error calls the probe (e.g. its file)
+               ) -> torch.Tensor:          # the probe cropped to (n, block_size + 1), int64
     "Check that `probe` is (n, T) int64 ids with T >= block_size + 1; returns it cropped to block_size + 1."
     if not isinstance(probe, torch.Tensor) or probe.ndim != 2 or probe.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{where} must be an (n, T) integer tensor of token ids, got "
@@ -142,7 +162,12 @@ def load_probe(run_dir: Path|str, block_size: int) -> torch.Tensor:
     if not f.is_file(): raise FileNotFoundError(f"{f} does not exist: create it with `probe_for_run({str(run_dir)!r})`")
     return check_probe(torch.load(f, weights_only=True)["tokens"], block_size, where=str(f))
 
-def probe_for_run(run_dir: Path|str, block_size: int, n: int = 128, seed: int = 1337, data: TokenData|None = None) -> torch.Tensor:
+def probe_for_run(run_dir: Path|str,            # the run folder that holds (or gets) probe.pt
+                  block_size: int,              # the model's context; the probe's rows hold block_size + 1 ids
+                  n: int = 128,                 # windows in a new probe
+                  seed: int = 1337,             # seed of a new probe's windows
+                  data: TokenData|None = None,  # corpus of a new probe (default: Tiny Shakespeare), checked against the run's tokenizer
+                 ) -> torch.Tensor:             # (n, block_size + 1) token ids
     "The run's probe: loaded from `run_dir/probe.pt`, or made from `data` (default Tiny Shakespeare) and stored there."
     f = Path(run_dir)/PROBE_FILE
     if f.is_file(): return load_probe(run_dir, block_size)
@@ -263,8 +288,12 @@ def _batches(n: int, batch_size: int|None) -> list[slice]:
 
 # %% ../nbs/08_dynamics.ipynb #3f73b1e3
 @torch.no_grad()
-def capture_activations(model: nn.Module, probe: torch.Tensor, tokens: str = "last", batch_size: int|None = 32,
-                        components: Sequence[str] = COMPONENTS) -> dict[tuple[int, str, int], torch.Tensor]:
+def capture_activations(model: nn.Module,                              # our GPT, a GPT-NeoX model, or a `Layout` reading one
+                        probe: torch.Tensor,                           # token ids (n, >= block_size + 1)
+                        tokens: str = "last",                          # 'last': the last position of each row (the paper), or 'all' positions
+                        batch_size: int|None = 32,                     # probe rows per forward pass (None: all at once)
+                        components: Sequence[str] = COMPONENTS,        # which of 'attn', 'ov', 'mlp' (`COMPONENTS`) to capture
+                       ) -> dict[tuple[int, str, int], torch.Tensor]:  # {(layer, component, head): (E, rows, C)}; head -1 except for 'ov'
     "Activations on the probe rows, {(layer, component, head): (E, n, C)} (n*T rows for tokens='all'); head -1 unless 'ov'."
     lay = layout_for(model)
     if tokens not in ("last", "all"): raise ValueError(f"tokens={tokens!r} must be 'last' (the paper) or 'all'")
@@ -295,7 +324,10 @@ def capture_activations(model: nn.Module, probe: torch.Tensor, tokens: str = "la
     return acts
 
 # %% ../nbs/08_dynamics.ipynb #e4d22e72
-def capture_gradients(model: nn.Module, probe: torch.Tensor, n_batches: int = 4) -> dict[int, dict[str, torch.Tensor]]:
+def capture_gradients(model: nn.Module,                        # our GPT, a GPT-NeoX model, or a `Layout` reading one
+                      probe: torch.Tensor,                     # token ids (n, >= block_size + 1), split into the batches
+                      n_batches: int = 4,                      # probe batches the loss gradients are averaged over (1..n)
+                     ) -> dict[int, dict[str, torch.Tensor]]:  # {layer: {'o', 'v', 'mlp'}} gradient matrices, float64 on the CPU
     "Gradients {layer: {'o': (E,C,H*d_h), 'v': (E,H,d_h,C), 'mlp': (E,C,F)}} averaged over `n_batches` probe batches (float64)."
     lay = layout_for(model)
     rows = lay.check(probe)
@@ -329,8 +361,10 @@ def _component_svals(m: dict[str, torch.Tensor], n_head: int, g: dict[str, torch
     a, b = torch.cat([wo, go], -1), torch.cat([_as_f64(g["v"]), wv], -2)  # W_O dW_V + dW_O W_V = [W_O, dW_O] @ [dW_V; W_V]
     return {"attn": _svals(g["o"]), "mlp": _svals(g["mlp"]), "ov": lowrank_svals(a, b)}
 
-def matrix_metrics(weights: dict[int, dict[str, torch.Tensor]], grads: dict[int, dict[str, torch.Tensor]]|None = None,
-                   n_head: int|None = None) -> pd.DataFrame:
+def matrix_metrics(weights: dict[int, dict[str, torch.Tensor]],            # {layer: {'o', 'v', 'mlp'} matrices}, as `Layout.matrices`
+                   grads: dict[int, dict[str, torch.Tensor]]|None = None,  # the same for the gradients (`capture_gradients`); None: grad columns are NaN
+                   n_head: int|None = None,                                # heads the OV circuit is split into (None: from the 'v' matrices' shape)
+                  ) -> pd.DataFrame:                                       # one row per member, layer, component and head
     "PER, norm and condition number of each layer's matrices (and gradients): member, layer, component, head, per_weight, ..."
     rows = []
     for i, m in weights.items():
@@ -371,9 +405,17 @@ def _cka_rows(acts: dict, final: dict) -> list[dict]:
                          "cka_to_final": linear_cka(a[e], f[e]), "cka_debiased": deb, **_chance_at(*a.shape[1:])})
     return rows
 
-def analyse_checkpoints(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]], probe: torch.Tensor, name: str = "model",
-                        total_steps: int|None = None, tokens: str = "last", grads: bool = True, n_grad_batches: int = 4,
-                        batch_size: int|None = 32, progress: bool|None = None, layout: Layout|None = None) -> pd.DataFrame:
+def analyse_checkpoints(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]],  # (step, load) pairs, load() returning the model at that step
+                        probe: torch.Tensor,                                         # token ids the activations (and gradients) are measured on
+                        name: str = "model",                                         # the `model` column's value
+                        total_steps: int|None = None,                                # training length for the `frac` column (None: the last step)
+                        tokens: str = "last",                                        # 'last' or 'all' positions, as `capture_activations`
+                        grads: bool = True,                                          # also measure the gradients (PER, norm, condition number)
+                        n_grad_batches: int = 4,                                     # probe batches the gradients are averaged over
+                        batch_size: int|None = 32,                                   # probe rows per forward pass (None: all at once)
+                        progress: bool|None = None,                                  # show a progress bar (default: in a terminal or live notebook)
+                        layout: Layout|None = None,                                  # one `Layout` every load() fills in place (None: `layout_for` each loaded model)
+                       ) -> pd.DataFrame:                                            # the convergence table (`CKA_COLUMNS`)
     "The convergence table for `(step, load)` pairs, `load()` returning the model at that step; the last step is 'final'."
     wrap = (lambda m: layout) if layout is not None else layout_for
     if not checkpoints: raise ValueError("checkpoints is empty: nothing to analyse")
@@ -410,7 +452,10 @@ def analysis_checkpoints(run_dir: Path|str) -> dict[int, Path]:
             f"Train with analysis checkpoints: `train(model_cfg, TrainConfig(..., analysis_ckpts='log'), out_dir={str(run_dir)!r})`.")
     return found
 
-def check_analysis_state(model: nn.Module, sd: dict, path: Path|str = "the checkpoint") -> dict:
+def check_analysis_state(model: nn.Module,                   # the model the state dict is for
+                         sd: dict,                           # the state dict to check
+                         path: Path|str = "the checkpoint",  # the file it came from, named in the error
+                        ) -> dict:                           # `sd` itself
     "Check that state dict `sd` fits `model` (same names and shapes); the error names the file and the tensor."
     own = model.state_dict()
     for k, v in sd.items():
@@ -442,10 +487,20 @@ def _total_steps(meta: dict) -> int|None:
         if isinstance(meta.get(k), dict) and meta[k].get("max_iters"): return int(meta[k]["max_iters"])
     return None
 
-def convergence(run_dir: Path|str|Sequence|dict, model: nn.Module|None = None, probe: torch.Tensor|None = None,
-                name: str|None = None, tokens: str = "last", grads: bool = True, n_grad_batches: int = 4,
-                n_probe: int = 128, probe_seed: int = 1337, data: TokenData|None = None, batch_size: int|None = 32,
-                progress: bool|None = None, device: str|torch.device = "cpu") -> pd.DataFrame:
+def convergence(run_dir: Path|str|Sequence|dict,   # run folder with analysis checkpoints; a list or {name: folder}: one table of all
+                model: nn.Module|None = None,      # the model the checkpoints load into (None: built from the run's config)
+                probe: torch.Tensor|None = None,   # token ids (None: the run's probe.pt, made when missing)
+                name: str|None = None,             # the `model` column's value (None: the folder's name)
+                tokens: str = "last",              # 'last' or 'all' positions, as `capture_activations`
+                grads: bool = True,                # also measure the gradients (PER, norm, condition number)
+                n_grad_batches: int = 4,           # probe batches the gradients are averaged over
+                n_probe: int = 128,                # windows in a new probe
+                probe_seed: int = 1337,            # seed of a new probe's windows
+                data: TokenData|None = None,       # corpus of a new probe (default: Tiny Shakespeare)
+                batch_size: int|None = 32,         # probe rows per forward pass (None: all at once)
+                progress: bool|None = None,        # show a progress bar (default: in a terminal or live notebook)
+                device: str|torch.device = "cpu",  # where the model runs
+               ) -> pd.DataFrame:                  # the convergence table, as `analyse_checkpoints`
     "Per-layer CKA to final, PER of weights and gradients, norms and condition numbers over a run's analysis checkpoints."
     if isinstance(run_dir, dict) or (isinstance(run_dir, (list, tuple))):
         items = run_dir.items() if isinstance(run_dir, dict) else [(None, r) for r in run_dir]
@@ -481,7 +536,11 @@ def layer_means(df: pd.DataFrame, by_head: bool = False) -> pd.DataFrame:
 
 CHANCE_OF = {"cka_to_final": "cka_chance", "cka_debiased": "cka_debiased_chance"}   # a CKA column -> its chance level
 
-def settling_steps(df: pd.DataFrame, threshold: float = 0.9, by_head: bool = False, column: str = "cka_debiased") -> pd.DataFrame:
+def settling_steps(df: pd.DataFrame,              # a convergence table (`convergence`)
+                   threshold: float = 0.9,        # the CKA a layer must stay at or above from its settling step on
+                   by_head: bool = False,         # one row per OV head (False: heads averaged per layer)
+                   column: str = "cka_debiased",  # the CKA column: 'cka_debiased' or 'cka_to_final'
+                  ) -> pd.DataFrame:              # settle_step and settle_frac (NaN: never settles), mean PERs, chance level
     "Per model, member, layer and component: the first step after which `column` stays >= `threshold` (settle_step, settle_frac, chance)."
     if column not in df.columns: raise ValueError(f"column={column!r} is not in the table; CKA columns: {[c for c in df.columns if 'cka' in c]}")
     d = layer_means(df, by_head).sort_values("step")
@@ -523,8 +582,12 @@ def _quiet_transformers(quiet: bool):
     finally:
         if quiet and was: tl.enable_progress_bar()
 
-def load_neox(path: Path|str, revision: str|None = None, local_files_only: bool = True, dtype: torch.dtype = torch.float32,
-              progress: bool|None = None) -> nn.Module:
+def load_neox(path: Path|str,                      # a folder of revisions or a saved model, or a hub id / local repo
+              revision: str|None = None,           # e.g. 'step1000': a subfolder of `path`, or a git revision (None: `path` itself)
+              local_files_only: bool = True,       # never download: only what is on disk or in the Hugging Face cache
+              dtype: torch.dtype = torch.float32,  # dtype of the loaded weights
+              progress: bool|None = None,          # show transformers' messages and bars (default: in a terminal or live notebook)
+             ) -> nn.Module:                       # a GPTNeoXForCausalLM in eval mode
     "A GPT-NeoX model from `path/revision` (a folder), or from `path` at git `revision` (hub id or local repo), in eval mode."
     tf = require_transformers()
     p = Path(path)/str(revision) if revision is not None else Path(path)
@@ -541,11 +604,21 @@ def load_neox(path: Path|str, revision: str|None = None, local_files_only: bool 
                                         f"or pass local_files_only=False") from None
     return m.eval()
 
-def pythia_convergence(path: Path|str, revisions: Sequence[str], probe: torch.Tensor, name: str|None = None,
-                       steps: Sequence[int]|None = None, total_steps: int|None = None, tokens: str = "last",
-                       grads: bool = True, n_grad_batches: int = 4, batch_size: int|None = 32,
-                       local_files_only: bool = True, progress: bool|None = None, device: str|torch.device = "cpu",
-                       dtype: torch.dtype = torch.float32) -> pd.DataFrame:
+def pythia_convergence(path: Path|str,                      # as `load_neox`: a folder of revisions, or a hub id / local repo
+                       revisions: Sequence[str],            # revisions in training order, e.g. ['step0', 'step1000']; the last is 'final'
+                       probe: torch.Tensor,                 # token ids in the model's vocabulary
+                       name: str|None = None,               # the `model` column's value (None: the last part of `path`)
+                       steps: Sequence[int]|None = None,    # training step of each revision (None: N of 'stepN', else its index)
+                       total_steps: int|None = None,        # training length for the `frac` column (None: the last step)
+                       tokens: str = "last",                # 'last' or 'all' positions, as `capture_activations`
+                       grads: bool = True,                  # also measure the gradients (PER, norm, condition number)
+                       n_grad_batches: int = 4,             # probe batches the gradients are averaged over
+                       batch_size: int|None = 32,           # probe rows per forward pass (None: all at once)
+                       local_files_only: bool = True,       # never download, as `load_neox`
+                       progress: bool|None = None,          # show progress (default: in a terminal or live notebook)
+                       device: str|torch.device = "cpu",    # where each model runs
+                       dtype: torch.dtype = torch.float32,  # dtype of the loaded weights
+                      ) -> pd.DataFrame:                    # the convergence table, as `analyse_checkpoints`
     "The convergence table for GPT-NeoX (Pythia) checkpoints: one model per revision, the last revision is 'final'."
     require_transformers()
     if not revisions: raise ValueError("revisions is empty: pass e.g. ['step0', 'step1000', 'step143000']")

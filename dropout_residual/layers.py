@@ -15,7 +15,10 @@ __all__ = ['member_linear', 'MemberLinear', 'MemberLayerNorm', 'MemberEmbedding'
            'member_path_dropout', 'LayerKV']
 
 # %% ../nbs/03_layers.ipynb #b14d4c83
-def member_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor|None = None) -> torch.Tensor:
+def member_linear(x: torch.Tensor,                 # inputs (E, ..., in): member e's in x[e]
+                  weight: torch.Tensor,            # one matrix per member, (E, out, in)
+                  bias: torch.Tensor|None = None,  # one bias per member, (E, out); None: no bias
+                 ) -> torch.Tensor:                # (E, ..., out)
     "Member e's `x[e] @ weight[e].T + bias[e]`: x (E, ..., in), weight (E, out, in) -> (E, ..., out)."
     E = weight.shape[0]
     if E == 1: return F.linear(x, weight.squeeze(0), None if bias is None else bias.squeeze(0))   # x (1, ..., in)

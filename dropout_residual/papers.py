@@ -243,8 +243,12 @@ def experiment_configs(experiment: str|Experiment, preset: str = "smoke") -> tup
     p = exp.presets[preset]
     return _replace(getattr(GPTConfig, p.base)(), p.model, "model"), _replace(getattr(TrainConfig, p.base)(), p.train, "train")
 
-def experiment_runs(experiment: str|Experiment, preset: str = "smoke", seeds: int|Sequence[int] = 1,
-                    overrides: dict|None = None, labels: Sequence[str]|None = None) -> list[RunSpec]:
+def experiment_runs(experiment: str|Experiment,         # paper1, paper2, paper3 (or an `Experiment`)
+                    preset: str = "smoke",              # smoke, quick, regime or paper (`SWEEP_PRESETS`)
+                    seeds: int|Sequence[int] = 1,       # how many seeds (0..n-1), or the seeds themselves
+                    overrides: dict|None = None,        # config fields set for every run ({key: value} or ['key=value']), not seed/device/out_dir
+                    labels: Sequence[str]|None = None,  # only these configurations (default: those the preset runs)
+                   ) -> list[RunSpec]:                  # one `RunSpec` per configuration and seed
     "The runs of `experiment` at `preset`: one `RunSpec` per configuration (or those in `labels`) x seed."
     exp = get_experiment(experiment)
     m0, t0 = experiment_configs(exp, preset)

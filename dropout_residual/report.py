@@ -42,7 +42,10 @@ def history_table(hist: pd.DataFrame, every: int = 10) -> pd.DataFrame:
     return hist.loc[keep, [c for c in HISTORY_COLUMNS if c in hist.columns]].reset_index(drop=True)
 
 # %% ../nbs/15_report.ipynb #29641c2b
-def write_results(res: SweepResult, folder: Path|str, cache: dict|None = None) -> list[Path]:
+def write_results(res: SweepResult,         # the sweep's result
+                  folder: Path|str,         # where the files go (made if missing)
+                  cache: dict|None = None,  # {run_id: convergence table}, reused and filled (paper 3)
+                 ) -> list[Path]:           # the files written
     "Write the tables (CSV, markdown) and the experiment's figures (PNG) of a sweep into `folder`; returns the files."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     n = res.experiment.name
@@ -104,7 +107,10 @@ def reproduce(preset: str = "regime",                  # the papers' regime prox
 # %% ../nbs/15_report.ipynb #7f4c6fe1
 SAVED_BASES = ("results", "papers/results", "nbs/papers/results")   # where a paper's folder is looked for, in order
 
-def saved_results_dir(paper: str, preset: str = "regime", base: Path|str|None = None) -> Path:
+def saved_results_dir(paper: str,                  # paper1, paper2 or paper3
+                      preset: str = "regime",      # the preset's subfolder: smoke, quick, regime or paper
+                      base: Path|str|None = None,  # folder holding <paper>/<preset> (None: `SAVED_BASES` here, then the repository's)
+                     ) -> Path:                    # the folder
     "The saved results folder of `paper` at `preset`: under `base`, else `SAVED_BASES` from here, then from the repository root."
     tried = [Path(base)] if base is not None else [
         b/x for b in (Path("."), Path(dropout_residual.__file__).resolve().parents[1]) for x in SAVED_BASES]
@@ -114,7 +120,10 @@ def saved_results_dir(paper: str, preset: str = "regime", base: Path|str|None = 
                             f"they are committed in the repository's nbs/papers/results/ (clone it), or write them with "
                             f"`dropout-residual reproduce --preset {preset}`")
 
-def load_saved(paper: str, preset: str = "regime", base: Path|str|None = None) -> dict[str, pd.DataFrame]:
+def load_saved(paper: str,                   # paper1, paper2 or paper3
+               preset: str = "regime",       # the preset's subfolder: smoke, quick, regime or paper
+               base: Path|str|None = None,   # folder holding <paper>/<preset> (None: `SAVED_BASES` here, then the repository's)
+              ) -> dict[str, pd.DataFrame]:  # {name: table}, e.g. runs, table, verdicts, regime, history
     "Every `<paper>_<name>.csv` of `saved_results_dir(paper, preset, base)`, by name: runs, table, verdicts, regime, history..."
     folder = saved_results_dir(paper, preset, base)
     return {p.stem[len(paper) + 1:]: pd.read_csv(p) for p in sorted(folder.glob(f"{paper}_*.csv"))}

@@ -377,7 +377,10 @@ def for_members(schedules: DropoutSchedule|Mapping|str|Sequence, n_members: int)
                          "pass one schedule (it is cloned per member) or distinct objects (`schedule.clone()`)")
     return out
 
-def member_rates(schedules: Sequence[DropoutSchedule], step: int, defaults=None) -> dict[str, list[float]]:
+def member_rates(schedules: Sequence[DropoutSchedule],  # one schedule per member (E of them)
+                 step: int,                             # the training step to read the rates at
+                 defaults=None,                         # rates of sites no schedule drives: {site: rate or E rates}, a GPTConfig, or None (0.0)
+                ) -> dict[str, list[float]]:            # {site: the E members' rates}
     "For every dropout site, the E members' rates at `step`: a member's schedule sets its sites, the rest keep `defaults` (0.0)."
     if hasattr(defaults, "rates"): defaults = {s: defaults.rates(s) for s in DROPOUT_SITES}  # a GPTConfig
     defaults = defaults or {}
@@ -389,7 +392,10 @@ def member_rates(schedules: Sequence[DropoutSchedule], step: int, defaults=None)
         out[site] = [ps[i] if site in s.sites else d[i] for i, s in enumerate(schedules)]
     return out
 
-def observe_members(schedules: Sequence[DropoutSchedule], step: int, val_losses: Sequence[float]) -> list[float]:
+def observe_members(schedules: Sequence[DropoutSchedule],  # one schedule per member (E of them), told their val loss
+                    step: int,                             # the step the val losses were measured at
+                    val_losses: Sequence[float],           # E val losses (a list or tensor), member i's for schedule i; all checked first
+                   ) -> list[float]:                       # the E schedules' new rates
     "Give member i's schedule member i's val loss measured at `step`; returns the E new rates."
     if hasattr(val_losses, "tolist"): val_losses = val_losses.tolist()
     if len(val_losses) != len(schedules):
@@ -400,8 +406,11 @@ def observe_members(schedules: Sequence[DropoutSchedule], step: int, val_losses:
     return [s.observe(step, v) for s, v in zip(schedules, val_losses)]
 
 # %% ../nbs/05_schedules.ipynb #b494493d
-def simulate_schedule(schedule: DropoutSchedule, steps: int, val_loss: Callable[[int], float]|None = None,
-                      eval_interval: int = 250) -> list[float]:
+def simulate_schedule(schedule: DropoutSchedule,                     # the schedule to run (an adaptive one is updated as it observes)
+                      steps: int,                                    # number of steps to simulate (>= 0)
+                      val_loss: Callable[[int], float]|None = None,  # val loss as a function of the step, observed at evals (None: no feedback)
+                      eval_interval: int = 250,                      # steps between observations (>= 1), as `TrainConfig.eval_interval`
+                     ) -> list[float]:                               # the rate at each step 0..steps-1
     "Rates for steps 0..steps-1, observing `val_loss(step)` at every `eval_interval`-th step as the trainer does."
     steps, eval_interval = _check_int("steps", steps, 0), _check_int("eval_interval", eval_interval, 1)
     out = []

@@ -30,7 +30,10 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
     lo, hi = stats.t.interval(confidence, len(v) - 1, loc=v.mean(), scale=sem)
     return (float(lo), float(hi))
 
-def interval_row(values, confidence: float = 0.95, what: str = "seed") -> dict:
+def interval_row(values,                    # the numbers, e.g. one per seed; non-finite ones are dropped and counted
+                 confidence: float = 0.95,  # level of the t-interval
+                 what: str = "seed",        # what a value is, for the note when there are fewer than two ('run more seeds')
+                ) -> dict:                  # mean, std, n, ci_low, ci_high, dropped, note
     "Mean, std, n, t-interval and `dropped` (non-finite values left out) of `values`, with a note when the interval is missing."
     v = np.asarray(values, dtype=float)
     ok = v[np.isfinite(v)]
@@ -42,8 +45,11 @@ def interval_row(values, confidence: float = 0.95, what: str = "seed") -> dict:
             "n": len(ok), "ci_low": lo, "ci_high": hi, "dropped": len(v) - len(ok), "note": "; ".join(notes)}
 
 # %% ../nbs/11_stats.ipynb #1cac8a48
-def summarise(runs: pd.DataFrame, metric: str = "best_val_loss", by: Sequence[str] = ("experiment", "label"),
-              confidence: float = 0.95) -> pd.DataFrame:
+def summarise(runs: pd.DataFrame,                           # a runs table (`load_runs`); only finished (`done`) rows are used
+              metric: str = "best_val_loss",                # the column summarised
+              by: Sequence[str] = ("experiment", "label"),  # the columns that name a configuration
+              confidence: float = 0.95,                     # level of the t-interval
+             ) -> pd.DataFrame:                             # one `interval_row` per configuration
     "`interval_row` of `metric` per configuration (finished runs only), in the order first seen."
     if metric not in runs.columns:
         raise ValueError(f"metric={metric!r} is not a column of the runs table; columns: {', '.join(map(str, runs.columns))}")
@@ -53,8 +59,12 @@ def summarise(runs: pd.DataFrame, metric: str = "best_val_loss", by: Sequence[st
     return pd.DataFrame(rows, columns=[*by, "mean", "std", "n", "ci_low", "ci_high", "dropped", "note"])
 
 # %% ../nbs/11_stats.ipynb #1886fbfa
-def paired_differences(runs: pd.DataFrame, baseline: str, metric: str = "best_val_loss", pair: str = "seed",
-                       confidence: float = 0.95) -> pd.DataFrame:
+def paired_differences(runs: pd.DataFrame,             # a runs table, one finished row per (label, pair)
+                       baseline: str,                  # the label every other configuration is compared with
+                       metric: str = "best_val_loss",  # the column compared
+                       pair: str = "seed",             # the column that pairs runs (the same seed)
+                       confidence: float = 0.95,       # level of the t-interval
+                      ) -> pd.DataFrame:               # per label: n, mean, std, ci_low, ci_high, lower (pairs below the baseline)...
     "Per configuration, `metric` minus the `baseline` configuration's in the same `pair` (seed): mean, std, t-interval, wins."
     for col in ("label", pair, metric):
         if col not in runs.columns:
@@ -90,7 +100,11 @@ def baseline_pairs(experiment: str|Experiment, runs: pd.DataFrame) -> pd.DataFra
 # %% ../nbs/11_stats.ipynb #1c41c3fb
 VERDICTS = ("supported", "contradicted", "inconclusive")
 
-def verdict(ci_low: float, ci_high: float, direction: str = "<", margin: float = 0.0) -> str:
+def verdict(ci_low: float,         # lower end of the paired difference's interval (label - baseline)
+            ci_high: float,        # upper end of that interval
+            direction: str = "<",  # the claim: '<' lower than the baseline, '>' higher, '=' no meaningful difference
+            margin: float = 0.0,   # the smallest difference that counts (>= 0)
+           ) -> str:               # 'supported', 'contradicted' or 'inconclusive'
     "The verdict on a claim about a paired difference from its interval (see the rule above)."
     if direction not in ("<", ">", "="): raise ValueError(f"direction={direction!r} must be '<', '>' or '='")
     if not margin >= 0: raise ValueError(f"margin={margin!r} must be a number >= 0")
@@ -103,8 +117,16 @@ def verdict(ci_low: float, ci_high: float, direction: str = "<", margin: float =
     return "contradicted" if ci_low > margin else "inconclusive"
 
 # %% ../nbs/11_stats.ipynb #46003791
-def claim_verdict(runs: pd.DataFrame, label: str, baseline: str, direction: str = "<", metric: str = "best_val_loss",
-                  margin: float = 0.0, in_regime: bool|None = None, why: str = "", confidence: float = 0.95) -> dict:
+def claim_verdict(runs: pd.DataFrame,             # a runs table (or paper 3's per-seed settling table)
+                  label: str,                     # the configuration the claim is about
+                  baseline: str,                  # the configuration it is compared with
+                  direction: str = "<",           # '<', '>' or '=', as `verdict`
+                  metric: str = "best_val_loss",  # the column compared
+                  margin: float = 0.0,            # the smallest difference that counts (>= 0)
+                  in_regime: bool|None = None,    # False: outside the paper's regime, so inconclusive (None/True: the interval decides)
+                  why: str = "",                  # why the run is outside the regime, for the note
+                  confidence: float = 0.95,       # level of the t-interval
+                 ) -> dict:                       # verdict, interval_says, effect, ci_low, ci_high, seeds, wins, in_regime, note
     "Verdict, effect (mean paired difference `label` - `baseline`), interval and seeds of one claim, from a runs table."
     row = paired_differences(runs[runs["label"].isin([label, baseline])], baseline, metric, confidence=confidence)
     if label not in set(row["label"]):
@@ -160,7 +182,10 @@ def regime_indicators(experiment, histories: pd.DataFrame) -> pd.DataFrame:
     return df
 
 # %% ../nbs/11_stats.ipynb #521d9734
-def settle_by_seed(conv: pd.DataFrame, threshold: float = 0.9, column: str = "cka_debiased") -> pd.DataFrame:
+def settle_by_seed(conv: pd.DataFrame,            # a convergence table with label and seed per model (`viz.paper3_convergence`)
+                   threshold: float = 0.9,        # the CKA level of settling, as `settling_steps`
+                   column: str = "cka_debiased",  # the CKA column: 'cka_debiased' or 'cka_to_final'
+                  ) -> pd.DataFrame:              # label, component, seed, settle_frac, done
     "Per label, seed and component (and `all`): the mean over layers of the settling fraction (label, seed, component, settle_frac, done)."
     need = {"model", "label", "seed"}
     if not need <= set(conv.columns):
@@ -173,8 +198,13 @@ def settle_by_seed(conv: pd.DataFrame, threshold: float = 0.9, column: str = "ck
 # %% ../nbs/11_stats.ipynb #ed4dce63
 VERDICT_COLUMNS = ["paper", "claim", "verdict", "interval_says", "effect", "ci_low", "ci_high", "seeds", "wins", "preset", "in_regime", "regime", "note"]
 
-def verdicts(experiment, runs: pd.DataFrame, regime: pd.DataFrame|None = None, preset: str = "",
-             settle: pd.DataFrame|None = None, confidence: float = 0.95) -> pd.DataFrame:
+def verdicts(experiment,                        # paper1, paper2, paper3 (or an `Experiment`)
+             runs: pd.DataFrame,                # the sweep's runs table
+             regime: pd.DataFrame|None = None,  # `regime_indicators` table: one not ok makes every verdict inconclusive (None: no check)
+             preset: str = "",                  # the preset, shown in each row
+             settle: pd.DataFrame|None = None,  # per-seed settling table (`settle_by_seed`) for paper 3's settle_frac claims
+             confidence: float = 0.95,          # level of the t-interval
+            ) -> pd.DataFrame:                  # one row per claim (`VERDICT_COLUMNS`)
     "One row per claim of `experiment`: verdict, effect, interval, seeds, preset and the regime indicators."
     exp = get_experiment(experiment)
     ok = None if regime is None or not len(regime) else bool(regime["ok"].all())
@@ -192,7 +222,11 @@ def verdicts(experiment, runs: pd.DataFrame, regime: pd.DataFrame|None = None, p
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 # %% ../nbs/11_stats.ipynb #428b269c
-def compare(experiment: str|Experiment, summary: pd.DataFrame, metric: str|None = None, preset: str = "paper") -> pd.DataFrame:
+def compare(experiment: str|Experiment,  # paper1, paper2, paper3 (or an `Experiment`)
+            summary: pd.DataFrame,       # a `summarise` table, one row per label
+            metric: str|None = None,     # the paper's reported metric set beside it (None: the experiment's metric)
+            preset: str = "paper",       # 'paper': comparable (diff, paper_in_ci); another: the paper's value as context only
+           ) -> pd.DataFrame:            # the summary in configuration order with the paper's value
     "The summary (from `summarise`) of `experiment` in its configuration order, with the paper's values beside it (as context only, off the `paper` preset)."
     exp = get_experiment(experiment)
     metric = metric or exp.metric

@@ -47,7 +47,10 @@ RUN_EXCLUDE = ("out_dir", "device", "compile", "compile_mode", "ckpt_interval") 
 
 RUN_OPTIONAL = ADDED_FIELDS   # fields added later -> their default: left out of the identity there, so earlier run ids stay
 
-def normalise_config(model_cfg, train_cfg, schedule: dict|None = None) -> dict:
+def normalise_config(model_cfg,                   # model config (a GPTConfig or its dict)
+                     train_cfg,                   # training config; its `RUN_EXCLUDE` fields (out_dir, device, compile...) left out
+                     schedule: dict|None = None,  # the run's dropout schedule: a dict, a schedule object, or None
+                    ) -> dict:                    # {'model': ..., 'train': ..., 'schedule': ...}, JSON-ready
     "The JSON-ready identity of one run: model cfg, train cfg less `RUN_EXCLUDE`, schedule dict."
     m, t = _jsonable(model_cfg), _jsonable(train_cfg)
     if hasattr(schedule, "to_dict"): schedule = schedule.to_dict()
@@ -171,8 +174,11 @@ def _run_folders(root: Path, experiment: str|None) -> list[Path]:
     exps = [root/experiment] if experiment else sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     return [f.parent for e in exps for f in sorted(e.glob("*/run.json")) if not f.parent.name.startswith("_")]
 
-def load_runs(root: Path|str|None = None, experiment: str|None = None, preset: str|None = None,
-              run_ids: Sequence[str]|None = None) -> pd.DataFrame:
+def load_runs(root: Path|str|None = None,          # the results root (default: `$DROPOUT_RESIDUAL_RUNS`, else runs/)
+              experiment: str|None = None,         # only this experiment's runs (None: every experiment)
+              preset: str|None = None,             # only runs of this preset (None: every preset)
+              run_ids: Sequence[str]|None = None,  # only these run ids, in this order (None: all)
+             ) -> pd.DataFrame:                    # one row per run: identity, state, results and flattened config
     "Every run under the results root (or one experiment / preset / set of run ids) as one DataFrame, one row per run."
     root = runs_root(root)
     rows = []

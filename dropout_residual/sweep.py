@@ -59,7 +59,11 @@ def _env_bytes() -> float|None:
         raise ValueError(f"{GROUP_BYTES_ENV}={raw!r} must be a number of bytes > 0 (e.g. 4e9), or unset it")
     return v
 
-def max_group_size(model_cfg, train_cfg, device: str = "auto", max_members: int|None = None) -> int:
+def max_group_size(model_cfg,                     # one member's model config
+                   train_cfg,                     # its training config (batch and block size)
+                   device: str = "auto",          # auto, cpu, cuda or cuda:N: 80% of CUDA's free memory, else RAM/4 up to 4 GiB
+                   max_members: int|None = None,  # at most this many (default 32)
+                  ) -> int:                       # members per group, at least 1 (`$DROPOUT_RESIDUAL_GROUP_BYTES` sets the CPU budget)
     "How many members of this shape to stack at most on `device` (memory-aware, at least 1)."
     cap = 32 if max_members is None else int(max_members)
     if cap < 1: raise ValueError(f"max_members={max_members} must be >= 1")
@@ -71,7 +75,10 @@ def max_group_size(model_cfg, train_cfg, device: str = "auto", max_members: int|
         budget = _env_bytes() or min(4 * 2**30, ram / 4)
     return max(1, min(cap, int(budget // member_bytes(model_cfg, train_cfg))))
 
-def group_configs(specs: Sequence[RunSpec], device: str = "auto", options: dict|None = None):
+def group_configs(specs: Sequence[RunSpec],   # the group's runs, one member each, all of one shape
+                  device: str = "auto",       # the device set in the training config
+                  options: dict|None = None,  # more training config fields to set (`RUN_OPTIONS`: ckpt_interval, compile...)
+                 ):                           # (stacked model config, training config, schedules or None)
     "The stacked model config, train config (one seed per member, `options` set) and schedules (None or one per member) of a group."
     m = Members.stack([s.model_cfg for s in specs])   # compact: a field given once where the members agree
     t = dataclasses.replace(specs[0].train_cfg, seed=[s.seed for s in specs], out_dir=None, device=device, **(options or {}))
@@ -88,8 +95,11 @@ def _existing_groups(root: Path, experiment: str) -> dict[str, Path]:
         for rid in read_json(man)["members"]: out.setdefault(rid, man.parent)
     return out
 
-def plan_groups(specs: Sequence[RunSpec], root: Path|str|None = None, device: str = "auto",
-                max_members: int|None = None) -> list[Path]:
+def plan_groups(specs: Sequence[RunSpec],      # the runs wanted; those done in the store are left out
+                root: Path|str|None = None,    # the results root (default: `$DROPOUT_RESIDUAL_RUNS`, else runs/)
+                device: str = "auto",          # the device whose memory sizes new groups
+                max_members: int|None = None,  # at most this many members per new group (default: memory-aware)
+               ) -> list[Path]:                # the group folders to train
     "Group folders (existing ones first, then new ones, manifests written) holding every unfinished run of `specs`."
     root = runs_root(root)
     seen, pending = set(), []
@@ -158,8 +168,13 @@ def _write_member(gdir: Path, i: int, spec: RunSpec, folder: Path, model, hist: 
                       "experiment": spec.experiment, "label": spec.label, "seed": spec.seed,
                       "group": gdir.name, "group_member": i, "group_size": summary.get("n_members")})
 
-def run_group(group_dir: Path|str, device: str = "auto", progress: bool|None = None, data=None,
-              options: dict|None = None, stop=None) -> list[str]:
+def run_group(group_dir: Path|str,         # a group folder from `plan_groups` (holding group.json)
+              device: str = "auto",        # auto (CUDA if present), cpu, cuda, cuda:N
+              progress: bool|None = None,  # progress bars and messages (default: in a terminal or live notebook)
+              data=None,                   # the corpus (default: Tiny Shakespeare, loaded once per process)
+              options: dict|None = None,   # `RUN_OPTIONS` fields for the training (ckpt_interval, compile, compile_mode)
+              stop=None,                   # anything with is_set(): stop at the next step boundary
+             ) -> list[str]:               # the run ids of the member folders written
     "Train the member group in `group_dir` (resuming; `options`: `RUN_OPTIONS` fields; `stop`: `train`'s) and write every unfinished member's run folder; returns their run ids."
     with group_lock(group_dir): return _train_group(Path(group_dir), device, progress, data, options, stop)
 
@@ -206,8 +221,14 @@ def _group_line(gdir: Path) -> str:
     labels = sorted(set(man["labels"]), key=man["labels"].index)
     return f"{len(man['members'])} members ({', '.join(labels[:4])}{', ...' if len(labels) > 4 else ''})"
 
-def run_groups(groups: Sequence[Path], executor: str = "local", device: str = "auto", progress: bool|None = None,
-               on_group: Callable|None = None, options: dict|None = None, stop=None) -> None:
+def run_groups(groups: Sequence[Path],          # group folders from `plan_groups`
+               executor: str = "local",         # local (one group after another here) or ray (a task per group)
+               device: str = "auto",            # auto (CUDA if present), cpu, cuda, cuda:N
+               progress: bool|None = None,      # progress bars and messages (default: in a terminal or live notebook)
+               on_group: Callable|None = None,  # called as on_group(i, n, group_dir) after group i of n is done
+               options: dict|None = None,       # `RUN_OPTIONS` fields for the training (ckpt_interval, compile, compile_mode)
+               stop=None,                       # anything with is_set(): stop, raising KeyboardInterrupt
+              ) -> None:                        # `GroupBusyError` when another process was training some groups
     "Train `groups` (folders from `plan_groups`) with the `local` or `ray` executor; `on_group(i, n, gdir)` after each; `stop.is_set()`: stop (`KeyboardInterrupt`)."
     if executor not in EXECUTORS: raise ValueError(f"executor={executor!r} is unknown{_closest(executor, EXECUTORS)}")
     progress = show_progress(progress)
@@ -286,7 +307,11 @@ def _shape_key(s: RunSpec) -> tuple:
     m, t = s.model_cfg, s.train_cfg
     return (m.n_layer, m.n_head, m.n_embd, t.batch_size, t.block_size, any(m.rates(site)[0] > 0 for site in DROPOUT_SITES))
 
-def estimate_seconds(specs: Sequence[RunSpec], root: Path|str|None = None, device: str = "auto", repeats: int = 2) -> float:
+def estimate_seconds(specs: Sequence[RunSpec],    # the runs wanted; those done in the store cost nothing
+                     root: Path|str|None = None,  # the results root (default: `$DROPOUT_RESIDUAL_RUNS`, else runs/)
+                     device: str = "auto",        # where a step is timed: auto, cpu, cuda, cuda:N
+                     repeats: int = 2,            # timed steps per shape after a warm-up one (their median is used)
+                    ) -> float:                   # estimated wall seconds (training steps and evals left)
     "Estimated wall seconds to train the unfinished runs of `specs` here: a timed step per distinct shape x steps and evals left."
     root, dev = runs_root(root), resolve_device(device)
     todo = [s for s in specs if run_state(root/s.experiment/s.run_id) != "done"]

@@ -48,7 +48,10 @@ def compile_model(module: nn.Module, mode: str|None = None) -> nn.Module:
         raise ValueError(f"compile_mode={mode!r} must be None (torch's default) or one of {', '.join(map(repr, COMPILE_MODES))}")
     return torch.compile(module, mode=None if mode in (None, "default") else mode)
 
-def uses_cudagraphs(compile: bool, mode: str|None, device: torch.device) -> bool:
+def uses_cudagraphs(compile: bool,         # whether the model is compiled (`torch.compile`)
+                    mode: str|None,        # the compile mode: None (torch's default) or one of `COMPILE_MODES`
+                    device: torch.device,  # the device the model runs on
+                   ) -> bool:              # True for a compiled model on CUDA in reduce-overhead or max-autotune mode
     "Whether a model compiled in `mode` on `device` replays CUDA graphs (outputs are overwritten by the next replay)."
     return bool(compile) and torch.device(device).type == "cuda" and mode in ("reduce-overhead", "max-autotune")
 
@@ -60,7 +63,10 @@ def setup_device(device: torch.device):
         torch.backends.cudnn.allow_tf32 = True
 
 # %% ../nbs/07_train.ipynb #9617f89a
-def configure_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def configure_optimizer(model: nn.Module,       # the model whose trainable parameters are optimised
+                        cfg: TrainConfig,       # training config: lr, beta1, beta2, weight_decay
+                        device: torch.device,   # the training device (CUDA: fused AdamW)
+                       ) -> torch.optim.AdamW:  # AdamW with a decayed and a non-decayed parameter group
     "AdamW: weight decay on parameters with `dim >= 3` (members x matrix, embeddings included), none on the rest; fused on CUDA."
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 3]
@@ -71,7 +77,10 @@ def configure_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device
 
 # %% ../nbs/07_train.ipynb #2d57b49f
 @torch.no_grad()
-def clip_grad_norm_per_member(parameters, max_norm: float, eps: float = 1e-6) -> torch.Tensor:
+def clip_grad_norm_per_member(parameters,         # parameters whose .grad has the members as leading dimension, (E, ...)
+                              max_norm: float,    # each member's largest gradient norm after clipping; 0: measure only
+                              eps: float = 1e-6,  # added to the norm in the scale max_norm / (norm + eps)
+                             ) -> torch.Tensor:   # each member's gradient norm before clipping, (E,) float32
     "Clip each member's gradient (leading index of every `p.grad`) to norm `max_norm` (0: measure only); returns the norms before clipping, `(E,)`."
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads: raise ValueError("no gradients to clip: call loss.backward() first")
@@ -94,7 +103,10 @@ def member_schedules(schedules, n_members: int) -> list|None:
     if isinstance(schedules, (list, tuple)) and len(schedules) == 1: schedules = schedules[0]  # one for all members
     return S.for_members(schedules, n_members)
 
-def dropout_rates_at(step: int, scheds: list|None, model_cfg: GPTConfig) -> tuple[dict[str, list[float]], set[str]]:
+def dropout_rates_at(step: int,                                    # the training step
+                     scheds: list|None,                            # one schedule per member, or None/empty: the config's fixed rates
+                     model_cfg: GPTConfig,                         # model config whose rates hold at the sites no schedule drives
+                    ) -> tuple[dict[str, list[float]], set[str]]:  # ({site: the E members' rates}, the sites a schedule drives)
     "Rates per site for each member at `step` (the member's schedule where it drives the site, else the config's), and the driven sites."
     defaults = {site: model_cfg.rates(site) for site in DROPOUT_SITES}
     if not scheds: return {site: list(map(float, defaults[site])) for site in DROPOUT_SITES}, set()
@@ -200,9 +212,17 @@ def _eval_generators(seeds: list[int], step: int, rank: int) -> list[torch.Gener
     return [torch.Generator().manual_seed((s * 7_919 + step * 104_729 + rank * RANK_SEED_STRIDE + 2**40) % 2**63) for s in seeds]
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TokenData, cfg: TrainConfig, seeds: list[int], step: int = 0,
-             device: torch.device|str = "cpu", dtype: torch.dtype = torch.float32, rank: int = 0, world: int = 1,
-             cudagraphs: bool = False) -> dict[str, torch.Tensor]:
+def evaluate(model: nn.Module,                    # the (stacked) model, in eval mode for the call
+             data: TokenData,                     # the corpus, with train and val splits
+             cfg: TrainConfig,                    # training config: eval_iters, batch_size, block_size
+             seeds: list[int],                    # one seed per member: with `step` and `rank`, seeds its eval batches' generator
+             step: int = 0,                       # training step, so that each eval draws its own deterministic batches
+             device: torch.device|str = "cpu",    # where the batches go (the model's device)
+             dtype: torch.dtype = torch.float32,  # autocast dtype (float32: no autocast)
+             rank: int = 0,                       # this process's rank in distributed training
+             world: int = 1,                      # number of processes; their losses are averaged
+             cudagraphs: bool = False,            # the model replays CUDA graphs: mark each step and copy each loss out
+            ) -> dict[str, torch.Tensor]:         # {'train': (E,), 'val': (E,)} mean losses, on the CPU
     "Mean loss per member over `cfg.eval_iters` batches of each split, dropout off: `{'train': (E,), 'val': (E,)}` on the CPU."
     device = torch.device(device)
     out = {}
@@ -335,9 +355,17 @@ def _mask_generators(seeds: list[int], rank: int, device: torch.device, compiled
     if compiled: return []
     return [torch.Generator(device=device).manual_seed((x * 1_000_033 + 17 + rank * RANK_SEED_STRIDE) % 2**63) for x in seeds]
 
-def setup_or_resume(model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData, scheds: list|None = None,
-                    device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32, rank: int = 0,
-                    world: int = 1, folder: RunFolder|None = None, resume: bool = True) -> TrainState:
+def setup_or_resume(model_cfg: GPTConfig,                        # model config (n_members members)
+                    cfg: TrainConfig,                            # training config (seeds, optimiser, learning-rate schedule, compile)
+                    data: TokenData,                             # the corpus: its tokenizer is written, its identity recorded (checked on resume)
+                    scheds: list|None = None,                    # one dropout schedule per member, or None: the config's fixed rates
+                    device: torch.device = torch.device("cpu"),  # the training device
+                    dtype: torch.dtype = torch.float32,          # autocast dtype (float32: no autocast)
+                    rank: int = 0,                               # this process's rank (rank 0 writes the files)
+                    world: int = 1,                              # number of processes (> 1: the model is wrapped in DDP)
+                    folder: RunFolder|None = None,               # the run folder for checkpoints and logs (None: nothing written)
+                    resume: bool = True,                         # continue from `folder`'s checkpoint when it has one (False: start over)
+                   ) -> TrainState:                              # the state the training loop runs on
     "A fresh `TrainState`, or the one in `folder`'s checkpoint (`resume`); writes config.json and tokenizer.json (rank 0)."
     seeds = cfg.member_seeds(model_cfg.n_members)
     model = _build_model(model_cfg, seeds).to(device)
@@ -381,7 +409,11 @@ def _set_rates(s: TrainState, it: int) -> tuple[float, dict]:
     s.rates = rates
     return lr, rates
 
-def train_step(s: TrainState, x: torch.Tensor, y: torch.Tensor, prefetch=None) -> tuple[torch.Tensor, torch.Tensor, object]:
+def train_step(s: TrainState,                                  # training state: model, optimiser, config, device, dtype
+               x: torch.Tensor,                                # input ids (E, B, T)
+               y: torch.Tensor,                                # target ids (E, B, T)
+               prefetch=None,                                  # called after the forward, e.g. to draw the next batch (None: not called)
+              ) -> tuple[torch.Tensor, torch.Tensor, object]:  # (loss (E,), gradient norm before clipping (E,), prefetch's result or None)
     "One update of every member on (x, y); returns the detached loss `(E,)`, grad norm `(E,)` and `prefetch()` (called after the forward)."
     if s.graphs: torch.compiler.cudagraph_mark_step_begin()
     with autocast(s.device, s.dtype), member_generators(s.mask_gens): _, loss = s.net(x, y)   # loss: (E,); member e's masks from its generator
@@ -518,8 +550,15 @@ def _check_inputs(model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData):
         raise ValueError(f"TrainConfig block_size={cfg.block_size} exceeds the model's block_size={model_cfg.block_size}; lower it or enlarge the model's")
 
 # %% ../nbs/07_train.ipynb #a25c04da
-def train(model_cfg: GPTConfig, train_cfg: TrainConfig, data: TokenData|None = None, schedules=None,
-          out_dir: Path|str|None = None, resume: bool = True, progress: bool|None = None, stop=None) -> TrainResult:
+def train(model_cfg: GPTConfig,           # model config (its n_members members are trained together)
+          train_cfg: TrainConfig,         # training config
+          data: TokenData|None = None,    # the corpus (default: Tiny Shakespeare), cut to `train_cfg.train_tokens` if set
+          schedules=None,                 # a schedule (object, dict or spec) for all members, or one per member; None: fixed rates
+          out_dir: Path|str|None = None,  # run folder to write and resume (default: `train_cfg.out_dir`; None: no files)
+          resume: bool = True,            # continue from the folder's checkpoint when it has one (False: start over)
+          progress: bool|None = None,     # show a progress bar (default: in a terminal or live notebook)
+          stop=None,                      # anything with is_set(): stop as on Ctrl-C (a checkpoint is saved)
+         ) -> TrainResult:                # the model, its history and summary, and the run folder
     "Train `model_cfg` with `train_cfg`; writes and resumes the run folder `out_dir` (or `train_cfg.out_dir`; None: no files). `stop.is_set()`: stop as on Ctrl-C."
     cfg, data = train_cfg, _train_data(train_cfg, data)
     _check_inputs(model_cfg, cfg, data)
@@ -610,9 +649,17 @@ def _summary(hist: pd.DataFrame, times: dict, cfg: TrainConfig, seeds: list[int]
 
 # %% ../nbs/07_train.ipynb #8fa91a57
 @torch.no_grad()
-def measure_generation(model: GPT, n_tokens: int = 500, batch: int = 1, use_cache: bool = True, warmup: int = 1,
-                       repeats: int = 5, temperature: float = 0.8, top_k: int|None = 200, seed: int = 0,
-                       window: str = "exact") -> dict:
+def measure_generation(model: GPT,                # the model to sample from (all its members at once)
+                       n_tokens: int = 500,       # new tokens per sample (>= 1)
+                       batch: int = 1,            # sequences per member (>= 1), each from a one-token prompt
+                       use_cache: bool = True,    # use the KV cache (False: recompute the whole context for every token)
+                       warmup: int = 1,           # untimed calls first
+                       repeats: int = 5,          # timed calls (>= 1); their median is reported
+                       temperature: float = 0.8,  # sampling temperature
+                       top_k: int|None = 200,     # sample among the k likeliest tokens (None: all of them)
+                       seed: int = 0,             # seed of the sampling generator
+                       window: str = "exact",     # past block_size: 'exact' (the last block_size tokens) or 'slide' (`GPT.generate`)
+                      ) -> dict:                  # tokens_per_s (per member), median_s, seconds and the settings
     "Honest generation speed: warm-up, device synchronised, median over `repeats` of `n_tokens * batch / seconds` (per member)."
     if n_tokens < 1 or batch < 1 or repeats < 1: raise ValueError(f"n_tokens={n_tokens}, batch={batch}, repeats={repeats} must all be >= 1")
     dev = next(model.parameters()).device

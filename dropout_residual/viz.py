@@ -34,7 +34,11 @@ __all__ = ['SMOKE_CONVERGENCE', 'FIGURES', 'save_figure', 'ci_errorbar', 'ci_err
            'FigureData', 'draw_figures', 'style_results', 'draw_topology']
 
 # %% ../nbs/14_viz.ipynb #7b9ee95b
-def save_figure(fig: matplotlib.figure.Figure, path: Path|str, dpi: int = 110, close: bool = False) -> Path:
+def save_figure(fig: matplotlib.figure.Figure,  # the figure to write
+                path: Path|str,                 # the file, ending in .png
+                dpi: int = 110,                 # resolution, dots per inch
+                close: bool = False,            # close the figure after writing it
+               ) -> Path:                       # the file written
     "Write `fig` as a PNG to `path` atomically (tight bounding box); optionally close it."
     path = Path(path)
     if path.suffix.lower() != ".png": raise ValueError(f"path={str(path)!r} must end in .png (save_figure writes PNG)")
@@ -58,8 +62,11 @@ def ci_err(table: pd.DataFrame) -> list:
     return [(table["mean"] - table["ci_low"]).fillna(0).clip(lower=0), (table["ci_high"] - table["mean"]).fillna(0).clip(lower=0)]
 
 # %% ../nbs/14_viz.ipynb #5449cd70
-def loss_long(history: pd.DataFrame, train_column: str = "eval_train_loss", val_column: str = "val_loss",
-              splits: Sequence[str] = ("train", "val")) -> pd.DataFrame:
+def loss_long(history: pd.DataFrame,                     # histories, one row per run and step (e.g. `SweepResult.histories`)
+              train_column: str = "eval_train_loss",     # the column holding the train loss
+              val_column: str = "val_loss",              # the column holding the val loss
+              splits: Sequence[str] = ("train", "val"),  # which of 'train' and 'val' to keep
+             ) -> pd.DataFrame:                          # the other columns with split and loss
     "Histories in long form: one row per (run, step, split) with a `loss` column; steps without a value dropped."
     cols = {"train": train_column, "val": val_column}
     bad = [s for s in splits if s not in cols]
@@ -74,9 +81,16 @@ def _hue(df: pd.DataFrame, hue: str|None) -> str|None:
     if hue is not None: return hue
     return "label" if "label" in df.columns else "member" if "member" in df.columns else None
 
-def plot_loss_curves(history: pd.DataFrame, hue: str|None = None, splits: Sequence[str] = ("train", "val"),
-                     train_column: str = "eval_train_loss", confidence: float = 0.95, logy: bool = False,
-                     title: str|None = None, height: float = 3.4, aspect: float = 1.2) -> matplotlib.figure.Figure:
+def plot_loss_curves(history: pd.DataFrame,                     # histories: step and loss columns (and label, seed)
+                     hue: str|None = None,                      # one line per value of this column (None: label, else member)
+                     splits: Sequence[str] = ("train", "val"),  # the panels: 'train' and/or 'val'
+                     train_column: str = "eval_train_loss",     # train loss column (train_loss where eval_train_loss is empty)
+                     confidence: float = 0.95,                  # level of the band over seeds
+                     logy: bool = False,                        # log-scale the loss axis
+                     title: str|None = None,                    # figure title (None: says what the band is)
+                     height: float = 3.4,                       # panel height, inches
+                     aspect: float = 1.2,                       # panel width over height
+                    ) -> matplotlib.figure.Figure:              # the Figure
     "Train and val loss over steps, one panel per split, one line per `hue` (mean over seeds, t-interval band)."
     if history is None or len(history) == 0: raise ValueError("history is empty: train some runs first (experiments.sweep)")
     if train_column == "eval_train_loss" and "eval_train_loss" in history and history["eval_train_loss"].isna().all():
@@ -119,9 +133,15 @@ def reported_values(experiment: str, metric: str = "best_val_loss") -> dict[str,
     "label -> the value the paper reports for exactly that configuration (from the experiments chapter)."
     return {c.label: c.reported[metric] for c in get_experiment(experiment).configurations if metric in c.reported}
 
-def plot_val_heatmap(runs: pd.DataFrame, metric: str = "best_val_loss", row: str = "dropout", col: str = "skip",
-                     paper: Mapping[str, float]|None = None, fmt: str = ".3f", cmap: str = "viridis_r",
-                     title: str|None = None) -> matplotlib.figure.Figure:
+def plot_val_heatmap(runs: pd.DataFrame,                      # a runs table (paper 1's dropout and skip columns are derived when missing)
+                     metric: str = "best_val_loss",           # the column drawn
+                     row: str = "dropout",                    # the column along the rows
+                     col: str = "skip",                       # the column along the columns
+                     paper: Mapping[str, float]|None = None,  # {label: the paper's value} (None: the experiment's reported values)
+                     fmt: str = ".3f",                        # number format of the cells
+                     cmap: str = "viridis_r",                 # matplotlib colormap
+                     title: str|None = None,                  # title (None: says what is drawn)
+                    ) -> matplotlib.figure.Figure:            # the Figure
     "Heatmap of `metric` (mean over seeds) over `row` x `col`; the paper's value in brackets where it has one."
     if row not in runs.columns or col not in runs.columns: runs = paper1_grid(runs)
     if metric not in runs.columns: raise ValueError(f"metric={metric!r} is not a column of runs")
@@ -148,8 +168,12 @@ def plot_val_heatmap(runs: pd.DataFrame, metric: str = "best_val_loss", row: str
     return fig
 
 # %% ../nbs/14_viz.ipynb #9165766c
-def plot_schedules(schedules: Mapping[str, Callable]|Sequence, steps: int = 5000, ax=None,
-                   ylabel: str = "dropout rate", title: str|None = None):
+def plot_schedules(schedules: Mapping[str, Callable]|Sequence,  # {label: schedule or step -> rate}, or a list (labelled by its spec)
+                   steps: int = 5000,                           # steps 0..steps-1 drawn (>= 1)
+                   ax=None,                                     # axes to draw on (None: a new figure)
+                   ylabel: str = "dropout rate",                # the y axis label
+                   title: str|None = None,                      # title (None: none)
+                  ):                                            # the Figure
     "One line per schedule (a dict label -> schedule, or a list) over steps 0..steps-1; returns the Figure."
     if not isinstance(schedules, Mapping):
         schedules = {(s.to_spec() if isinstance(s, DropoutSchedule) else repr(s)): s for s in schedules}
@@ -166,8 +190,14 @@ def plot_schedules(schedules: Mapping[str, Callable]|Sequence, steps: int = 5000
     return fig
 
 # %% ../nbs/14_viz.ipynb #fc620434
-def plot_dropout_rates(source, site: str = "attn", steps: int|None = None, hue: str|None = None,
-                       confidence: float = 0.95, ax=None, title: str|None = None) -> matplotlib.figure.Figure:
+def plot_dropout_rates(source,                        # histories (with rate_<site> columns), or schedules as `plot_schedules`
+                       site: str = "attn",            # the dropout site: embd, attn, proj, mlp or skip
+                       steps: int|None = None,        # draw steps below this (None: all; 5000 for schedules)
+                       hue: str|None = None,          # one line per value of this column (None: label, else member)
+                       confidence: float = 0.95,      # level of the band over seeds
+                       ax=None,                       # axes to draw on (None: a new figure)
+                       title: str|None = None,        # title (None: says what is drawn)
+                      ) -> matplotlib.figure.Figure:  # the Figure
     "Dropout rate of `site` over steps: from histories (the rates used), or from schedules (`schedules.plot_schedules`)."
     if not isinstance(source, pd.DataFrame):
         return plot_schedules(source, steps or 5000, ax=ax, title=title)
@@ -215,8 +245,11 @@ def plot_curves(res: SweepResult):
     return fig
 
 # %% ../nbs/14_viz.ipynb #d0f9073c
-def plot_best_val(result: SweepResult|pd.DataFrame, experiment: str|None = None, preset: str = "",
-                  title: str|None = None) -> matplotlib.figure.Figure:
+def plot_best_val(result: SweepResult|pd.DataFrame,  # a `SweepResult`, or a table from `stats.compare`
+                  experiment: str|None = None,       # which experiment the table is from (needed for a table)
+                  preset: str = "",                  # the table's preset
+                  title: str|None = None,            # title (None: the default one)
+                 ) -> matplotlib.figure.Figure:      # the Figure
     "Mean and interval per configuration with the paper's value marked (`experiments.plot_results`), from a sweep or its table."
     if isinstance(result, SweepResult): fig = plot_results(result)
     else:
@@ -230,7 +263,10 @@ def plot_best_val(result: SweepResult|pd.DataFrame, experiment: str|None = None,
     return fig
 
 # %% ../nbs/14_viz.ipynb #fd70e0aa
-def plot_paired(diffs: pd.DataFrame, metric: str = "best val loss", title: str|None = None) -> matplotlib.figure.Figure:
+def plot_paired(diffs: pd.DataFrame,            # a table from `stats.paired_differences`
+                metric: str = "best val loss",  # the metric's name, for the x axis label
+                title: str|None = None,         # title (None: names the baseline)
+               ) -> matplotlib.figure.Figure:   # the Figure
     "Mean difference from the baseline with its interval per configuration (a table from `experiments.paired_differences`)."
     need = {"label", "baseline", "mean", "ci_low", "ci_high", "n", "lower"}
     if not need <= set(diffs.columns):
@@ -249,8 +285,12 @@ def plot_paired(diffs: pd.DataFrame, metric: str = "best val loss", title: str|N
     return fig
 
 # %% ../nbs/14_viz.ipynb #93f92693
-def generation_speeds(runs: pd.DataFrame, n_tokens: int = 100, repeats: int = 3, device: str = "cpu",
-                      **kwargs) -> pd.DataFrame:
+def generation_speeds(runs: pd.DataFrame,   # a runs table (`load_runs`); unfinished runs are skipped
+                      n_tokens: int = 100,  # new tokens per sample
+                      repeats: int = 3,     # timed calls per run (the median is used)
+                      device: str = "cpu",  # where each model is loaded and run
+                      **kwargs,             # more `measure_generation` arguments (batch, use_cache, window...)
+                     ) -> pd.DataFrame:     # label, seed, run_id, tokens_per_s, median_s, n_tokens, device
     "Generation tokens/s of each finished run in `runs` (`train.measure_generation`), one row per run."
     from dropout_residual.checkpoint import load_run
     from dropout_residual.train import measure_generation
@@ -263,9 +303,15 @@ def generation_speeds(runs: pd.DataFrame, n_tokens: int = 100, repeats: int = 3,
                      "median_s": m["median_s"], "n_tokens": n_tokens, "device": m["device"]})
     return pd.DataFrame(rows)
 
-def plot_speed(speeds: pd.DataFrame, value: str = "tokens_per_s", label: str = "label",
-               reference: Mapping[str, float]|None = None, confidence: float = 0.95, ax=None,
-               title: str|None = None, xlabel: str|None = None) -> matplotlib.figure.Figure:
+def plot_speed(speeds: pd.DataFrame,                        # one row per measurement (e.g. from `generation_speeds`)
+               value: str = "tokens_per_s",                 # the column drawn
+               label: str = "label",                        # the column naming the bars
+               reference: Mapping[str, float]|None = None,  # {label: value} marked with a red cross (e.g. the paper's)
+               confidence: float = 0.95,                    # level of the error bars
+               ax=None,                                     # axes to draw on (None: a new figure)
+               title: str|None = None,                      # title (None: says what is drawn)
+               xlabel: str|None = None,                     # x axis label (None: from `value`)
+              ) -> matplotlib.figure.Figure:                # the Figure
     "Mean `value` per `label` as horizontal bars with t-interval error bars; `reference` values as red marks."
     if value not in speeds.columns: raise ValueError(f"value={value!r} is not a column; columns: {', '.join(map(str, speeds.columns))}")
     order = list(dict.fromkeys(speeds[label]))
@@ -293,8 +339,12 @@ def _one_model(df: pd.DataFrame, model: str|None, member: int) -> tuple[pd.DataF
     if d.empty: raise ValueError(f"member={member} is not in the table for model {model!r}; it has {sorted(df[df.model == model].member.unique())}")
     return d, model
 
-def plot_cka_heatmap(df: pd.DataFrame, model: str|None = None, member: int = 0,
-                     components: Sequence[str] = COMPONENTS, column: str = "cka_to_final") -> plt.Figure:
+def plot_cka_heatmap(df: pd.DataFrame,                        # a convergence table (`dynamics.convergence`)
+                     model: str|None = None,                  # the model drawn (None: the table's first)
+                     member: int = 0,                         # the member drawn
+                     components: Sequence[str] = COMPONENTS,  # one panel per component present: attn, ov, mlp
+                     column: str = "cka_to_final",            # the CKA column: 'cka_to_final' or 'cka_debiased'
+                    ) -> plt.Figure:                          # the Figure
     "Heatmap of CKA to final per layer (rows) and checkpoint (columns), one panel per component."
     d, model = _one_model(layer_means(df), model, member)
     comps = [c for c in components if c in set(d["component"])]
@@ -307,7 +357,11 @@ def plot_cka_heatmap(df: pd.DataFrame, model: str|None = None, member: int = 0,
     fig.tight_layout()
     return fig
 
-def plot_settling(df: pd.DataFrame, threshold: float = 0.9, member: int|None = None, column: str = "cka_debiased") -> plt.Figure:
+def plot_settling(df: pd.DataFrame,              # a convergence table (`dynamics.convergence`)
+                  threshold: float = 0.9,        # the CKA level of settling, as `settling_steps`
+                  member: int|None = None,       # only this member (None: every member)
+                  column: str = "cka_debiased",  # the CKA column: 'cka_debiased' or 'cka_to_final'
+                 ) -> plt.Figure:                # the Figure
     "Boxplots over layers of the settling fraction (of `column`), per model (e.g. size) and component."
     s = settling_steps(df, threshold, column=column)
     if member is not None: s = s[s["member"] == member]
@@ -333,7 +387,10 @@ def plot_per_vs_cka(df: pd.DataFrame, member: int|None = None) -> plt.Figure:
     return fig
 
 # %% ../nbs/14_viz.ipynb #5ebef7ae
-def paper3_convergence(runs: pd.DataFrame, progress: bool|None = False, **kwargs) -> pd.DataFrame:
+def paper3_convergence(runs: pd.DataFrame,           # paper 3's runs table (finished runs with analysis checkpoints)
+                       progress: bool|None = False,  # show progress bars (default: off)
+                       **kwargs,                     # more `dynamics.convergence` arguments
+                      ) -> pd.DataFrame:             # the convergence table with label and seed columns
     "`dynamics.convergence` over the finished runs in `runs` (needs analysis checkpoints), models named by label (and seed)."
     from dropout_residual.dynamics import convergence
     d = runs[runs["done"]] if "done" in runs.columns else runs
@@ -344,8 +401,12 @@ def paper3_convergence(runs: pd.DataFrame, progress: bool|None = False, **kwargs
     return df.assign(label=df["model"].map(lambda m: ids[m][0]), seed=df["model"].map(lambda m: ids[m][1]))
 
 # %% ../nbs/14_viz.ipynb #6c59568a
-def settling_summary(conv: pd.DataFrame, threshold: float = 0.9, confidence: float = 0.95,
-                     order: Sequence[str]|None = None, column: str = "cka_debiased") -> pd.DataFrame:
+def settling_summary(conv: pd.DataFrame,                # a convergence table with label and seed (`paper3_convergence`)
+                     threshold: float = 0.9,            # the CKA level of settling, as `settling_steps`
+                     confidence: float = 0.95,          # level of the t-interval over seeds
+                     order: Sequence[str]|None = None,  # labels first, in this order (the others as first seen)
+                     column: str = "cka_debiased",      # the CKA column: 'cka_debiased' or 'cka_to_final'
+                    ) -> pd.DataFrame:                  # label, component, n_seeds, mean, std, ci_low, ci_high, per_seed
     "Per size (label, in `order` or as first seen) and component: the layers' mean settling fraction per seed, then mean and t-interval over seeds."
     per_seed = settle_by_seed(conv, threshold, column)
     rows = []
@@ -360,8 +421,10 @@ def settling_summary(conv: pd.DataFrame, threshold: float = 0.9, confidence: flo
     comps = {c: i for i, c in enumerate(("all", *COMPONENTS))}
     return out.sort_values(["label", "component"], key=lambda c: c.map(rank if c.name == "label" else comps)).reset_index(drop=True)
 
-def plot_settling_summary(summary: pd.DataFrame, components: Sequence[str] = ("all", "attn", "mlp"),
-                          title: str|None = None) -> matplotlib.figure.Figure:
+def plot_settling_summary(summary: pd.DataFrame,                               # a table from `settling_summary`
+                          components: Sequence[str] = ("all", "attn", "mlp"),  # the components drawn (those present)
+                          title: str|None = None,                              # title (None: says what is drawn)
+                         ) -> matplotlib.figure.Figure:                        # the Figure
     "Mean settling fraction over seeds with its interval, per size (x) and component (colour), from `settling_summary`."
     need = {"label", "component", "mean", "ci_low", "ci_high", "n_seeds"}
     if not need <= set(summary.columns):
@@ -389,7 +452,10 @@ def _model_names(done: pd.DataFrame) -> list[str]:
     many = done.groupby("label")["seed"].nunique().max() > 1
     return [f"{r.label} s{r.seed}" if many else r.label for r in done.itertuples()]
 
-def runs_convergence(done: pd.DataFrame, cache: dict|None = None, **kwargs) -> pd.DataFrame:
+def runs_convergence(done: pd.DataFrame,       # finished runs (a runs table)
+                     cache: dict|None = None,  # {run_id: convergence table}, reused and filled (None: a fresh one)
+                     **kwargs,                 # more `dynamics.convergence` arguments
+                    ) -> pd.DataFrame:         # the runs' convergence tables, concatenated
     "`paper3_convergence` of each finished run, computed once per run id kept in `cache`; models named as `_model_names`."
     cache = {} if cache is None else cache
     for r in done[~done["run_id"].isin(cache)].itertuples():
@@ -435,8 +501,11 @@ FIGURES: dict[str, Callable] = {
     "per_vs_cka": lambda d: plot_per_vs_cka(d.conv)}
 
 # %% ../nbs/14_viz.ipynb #55342a12
-def draw_figures(res: SweepResult, names: Sequence[str]|None = None, cache: dict|None = None,
-                 conv_kwargs: dict|None = None) -> dict[str, matplotlib.figure.Figure]:
+def draw_figures(res: SweepResult,                         # the sweep's result
+                 names: Sequence[str]|None = None,         # figures to draw, keys of `FIGURES` (None: the experiment's `figures`)
+                 cache: dict|None = None,                  # {run_id: convergence table}, reused and filled (paper 3)
+                 conv_kwargs: dict|None = None,            # `dynamics.convergence` arguments (None: the preset's defaults)
+                ) -> dict[str, matplotlib.figure.Figure]:  # {name: Figure}, for those with something to draw
     "The figures of a sweep that its experiment names (`Experiment.figures`), by name; none without a finished run."
     names = res.experiment.figures if names is None else tuple(names)
     for n in names:
@@ -449,8 +518,11 @@ def draw_figures(res: SweepResult, names: Sequence[str]|None = None, cache: dict
     return figs
 
 # %% ../nbs/14_viz.ipynb #9b28c949
-def style_results(table: pd.DataFrame, digits: int = 4, lower_is_better: bool = True,
-                  caption: str|None = None) -> Styler:
+def style_results(table: pd.DataFrame,           # a results table (e.g. from `stats.compare`)
+                  digits: int = 4,               # decimals shown for float columns
+                  lower_is_better: bool = True,  # bold the lowest mean (False: the highest)
+                  caption: str|None = None,      # the table's caption (None: none)
+                 ) -> Styler:                    # a pandas Styler
     "A pandas Styler of a results table: rounded numbers, NaN as '–', best mean bold, `paper_in_ci` coloured."
     num = [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
     sty = table.style.format({c: f"{{:.{digits}f}}" for c in num}, na_rep="–").hide(axis="index")
@@ -474,7 +546,10 @@ def _member_view(model_or_config, member: int) -> tuple[GPTConfig, str, tuple, d
         raise ValueError(f"member={member!r} out of range for n_members={cfg.n_members}")
     return cfg, cfg.modes()[member], cfg.skips_of(member), {s: cfg.rates(s)[member] for s in DROPOUT_SITES}
 
-def draw_topology(model_or_config: GPT|GPTConfig, member: int = 0, ax=None):
+def draw_topology(model_or_config: GPT|GPTConfig,  # a GPT (its current rates) or a GPTConfig
+                  member: int = 0,                 # the member drawn (0..n_members-1)
+                  ax=None,                         # axes to draw on (None: a new figure, not left open in pyplot)
+                 ):                                # the Figure
     "A matplotlib Figure of member `member`'s residual topology (blocks, skip-k paths, dropout rates)."
     from matplotlib.patches import FancyBboxPatch
     cfg, mode, skips, rates = _member_view(model_or_config, member)
