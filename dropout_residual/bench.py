@@ -21,10 +21,10 @@ from .train import TrainState, autocast, compile_model, configure_optimizer, eva
 
 # %% auto #0
 __all__ = ['PEAK_TFLOPS', 'SHAPES', 'GRIDS', 'Timing', 'time_fns', 'time_fn', 'num_threads', 'device_name', 'environment',
-           'peak_flops', 'flops_per_token', 'mfu', 'ReferenceGPT', 'shape_configs', 'reference_for', 'compile_settings',
-           'bench_device', 'train_step_fn', 'reference_step_fn', 'random_batch', 'BenchResult', 'replace_members',
-           'bench_train', 'grid_runs', 'project_grid', 'bench_grid', 'generation_contexts', 'generation_flops',
-           'bench_generate']
+           'peak_flops', 'flops_per_token', 'mfu', 'measured_peak_flops', 'device_peak', 'ReferenceGPT',
+           'shape_configs', 'reference_for', 'compile_settings', 'bench_device', 'train_step_fn', 'reference_step_fn',
+           'random_batch', 'BenchResult', 'replace_members', 'bench_train', 'grid_runs', 'project_grid', 'bench_grid',
+           'generation_contexts', 'generation_flops', 'bench_generate']
 
 # %% ../nbs/13_bench.ipynb #4730d4fb
 @dataclass
@@ -143,6 +143,30 @@ def flops_per_token(n_params: int,       # parameters N (non-embedding, per memb
 def mfu(flops_per_s: float, peak: float|None) -> float|None:
     "Model FLOPs utilisation, or None where the peak is unknown."
     return None if peak is None else flops_per_s / peak
+
+# %% ../nbs/13_bench.ipynb #76e2dba8
+_MEASURED_PEAK: dict = {}   # (device, dtype, n, threads) -> FLOP/s, measured once per process
+
+def measured_peak_flops(device: str|torch.device = "cpu",  # where to multiply
+                        dtype: torch.dtype = torch.float32,  # float32 or bfloat16
+                        n: int = 1024,                       # the square matrices' size
+                       ) -> float:                           # FLOP/s of the fastest sample
+    "This machine's practical matmul peak in `dtype`: 2n^3 FLOPs over the fastest of 5 timed samples (cached)."
+    device = torch.device(device)
+    key = (str(device), dtype, n, torch.get_num_threads())
+    if key not in _MEASURED_PEAK:
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        t = time_fn(lambda: a @ b, repeats=5, inner=3, warmup=2, device=device)
+        _MEASURED_PEAK[key] = 2 * n**3 / min(t.samples)
+    return _MEASURED_PEAK[key]
+
+def device_peak(device: str|torch.device,  # the device the figures were measured on
+                dtype: torch.dtype,         # the dtype they ran in
+               ) -> tuple[float|None, str]: # (peak FLOP/s or None, where it comes from)
+    "The peak MFU is reported against: the datasheet's on a known GPU, the measured matmul peak on a CPU."
+    if (p := peak_flops(device, dtype)) is not None: return p, "datasheet"
+    if torch.device(device).type == "cpu": return measured_peak_flops(device, dtype), f"measured {str(dtype).split('.')[-1]} matmul"
+    return None, "unknown"
 
 # %% ../nbs/13_bench.ipynb #be1f25e7
 class _RefAttention(nn.Module):
@@ -387,14 +411,14 @@ def bench_train(shape: str = "paper1",            # the model and training prese
         times = time_fns(fns, repeats=repeats, inner=steps, warmup=warmup, device=dev)
         N = model.num_params(per_member=True, non_embedding=True)
         fpt = flops_per_token(N, mcfg.n_layer, mcfg.n_embd, T, train=True)
-        peak = peak_flops(dev, dt)
+        peak, peak_src = device_peak(dev, dt)
         rows = [_row("GPT", E, times["GPT"], E * B * T, fpt * E * B * T, peak)]
         if reference: rows.append(_row("ReferenceGPT", 1, times["ReferenceGPT"], B * T, fpt * B * T, peak))
         table = pd.DataFrame(rows)
         env = environment(dev, dt)
     rec = {"bench": "train", "shape": shape, "members": E, "compile": comp, "compile_mode": mode, **env,
            "batch_size": B, "block_size": T, "n_layer": mcfg.n_layer, "n_head": mcfg.n_head, "n_embd": mcfg.n_embd,
-           "params_per_member": N, "flops_per_token": fpt, "peak_flops": peak, "steps": steps, "repeats": repeats,
+           "params_per_member": N, "flops_per_token": fpt, "peak_flops": peak, "peak_source": peak_src, "steps": steps, "repeats": repeats,
            "warmup": warmup, "dropout": {s: list(mcfg.rates(s)) for s in DROPOUT_SITES},
            "ms_per_step": rows[0]["ms_per_step"], "iqr_ms": rows[0]["iqr_ms"], "cpu_ms_per_step": rows[0]["cpu_ms_per_step"],
            "tokens_per_s": rows[0]["tokens_per_s"], "ms_per_member_step": rows[0]["ms_per_member_step"], "mfu": rows[0]["mfu"]}
@@ -557,7 +581,7 @@ def bench_grid(grids: list[str]|str|None = None,  # paper1, paper2, smoke, as a 
         if data is None:
             from dropout_residual.data import shakespeare
             data = shakespeare()
-        peak, rows, figures = peak_flops(dev, dt), [], {}
+        (peak, peak_src), rows, figures = device_peak(dev, dt), [], {}
         for g in grids:
             m = _time_grid(g, members, data, dev, dt, comp, mode, steps, repeats, warmup, eval_batches, seed)
             r, figures[g] = _grid_record(g, m, peak)
@@ -565,7 +589,8 @@ def bench_grid(grids: list[str]|str|None = None,  # paper1, paper2, smoke, as a 
         env = environment(dev, dt)
     notes = _grid_notes(figures, dev, env, comp, mode)
     rec = {"bench": "grid", "grids": list(grids), "compile": comp, "compile_mode": mode, **env, "steps": steps,
-           "repeats": repeats, "warmup": warmup, "eval_batches_timed": eval_batches, "projection": True, **figures}
+           "repeats": repeats, "warmup": warmup, "eval_batches_timed": eval_batches, "projection": True,
+           "peak_flops": peak, "peak_source": peak_src, **figures}
     return BenchResult(pd.DataFrame(rows), rec, notes)
 
 # %% ../nbs/13_bench.ipynb #bceeb9e2
@@ -632,7 +657,7 @@ def bench_generate(shape: str = "paper2",      # the model preset: paper1, paper
                 res[name] = measure_generation(m, n_tokens=n, batch=1, use_cache=cache, warmup=warmup, repeats=repeats,
                                                temperature=temperature, top_k=top_k, seed=seed, window=w)
         N = model.num_params(per_member=True, non_embedding=True)
-        peak = peak_flops(dev, dt)
+        peak, peak_src = device_peak(dev, dt)
         rows = []
         for name, (m, cache, w, n) in cands.items():
             r = res[name]
@@ -648,7 +673,7 @@ def bench_generate(shape: str = "paper2",      # the model preset: paper1, paper
     mfus = {r["sampler"]: r["mfu"] for r in rows}
     rec = {"bench": "generate", "shape": shape, "members": 1, "batch": 1, "new_tokens": new_tokens, "prompt_len": 1,
            "temperature": temperature, "top_k": top_k, "block_size": mcfg.block_size, "compile": False, **env,
-           "repeats": repeats, "warmup": warmup, "params_per_member": N, "peak_flops": peak, "window": window,
+           "repeats": repeats, "warmup": warmup, "params_per_member": N, "peak_flops": peak, "peak_source": peak_src, "window": window,
            "model_flops": generation_flops(N, mcfg.n_layer, mcfg.n_embd, 1, new_tokens, mcfg.block_size, window),
            "cache_tokens_per_s": tps[f"kv cache, window={window}"], "recompute_tokens_per_s": tps[f"recompute, window={window}"],
            "cache_mfu": mfus[f"kv cache, window={window}"], "recompute_mfu": mfus[f"recompute, window={window}"],

@@ -24,7 +24,8 @@ def test_bench_train():
     assert rec["tokens_per_s"] > 0 and rec["reference_tokens_per_s"] > 0 and rec["ms_per_step"] > 0
     assert rec["speed_vs_reference_per_member"] > 0
     for k in ("device_name", "torch", "dtype", "compile", "threads"): assert k in rec, k
-    assert rec["threads"] == 1 and rec["compile"] is False and rec["dtype"] == "float32" and rec["mfu"] is None
+    assert rec["threads"] == 1 and rec["compile"] is False and rec["dtype"] == "float32"
+    assert 0 < rec["mfu"] < 1.5 and rec["peak_source"] == "measured float32 matmul", rec   # a fraction of this CPU's matmul peak
 
 def in_process(*args) -> tuple[int, str, str]:
     "The CLI in this process (no interpreter start-up): exit code, stdout, stderr."

@@ -140,6 +140,7 @@ os.chdir({cwd!r})
 CHECK = """
 import json, os
 from pathlib import Path
+panel = globals()["smoke_panel"] if "smoke_panel" in globals() else panel   # a paper notebook trains its smoke panel under IN_TEST and shows the reader's one
 bundle = panel._repr_mimebundle_()
 print("RESULT", json.dumps({"pid": os.getpid(), "root": str(panel.root), "n_rows": len(panel.results),
     "labels": sorted(map(str, panel.results["label"])), "selected": sorted(panel.configs.value),
