@@ -293,6 +293,7 @@ def _maybe_compile(module: nn.Module, compile: bool, mode: str|None) -> nn.Modul
     "The trainer's `compile_model` when `compile`, else the module itself."
     return compile_model(module, mode) if compile else module
 
+# %% ../nbs/13_bench.ipynb #77271231
 def train_step_fn(model: GPT,                     # the GPT to train (its optimiser is made here)
                   train_cfg: TrainConfig,         # training config (optimiser, grad_clip)
                   x: torch.Tensor,                # input ids (E, B, T)
@@ -621,6 +622,7 @@ def generation_flops(n_params: int,          # parameters N (non-embedding, per 
     ctx = generation_contexts(prompt_len, new_tokens, block_size, window)
     return float(new_tokens * 2 * n_params + 4 * n_layer * n_embd * ctx.sum())
 
+# %% ../nbs/13_bench.ipynb #0d991134
 def bench_generate(shape: str = "paper2",      # the model preset: paper1, paper2 or smoke
                    new_tokens: int = 500,      # tokens sampled per call, after a one-token prompt
                    repeats: int = 3,           # timed calls per sampler (the median is reported)
