@@ -43,12 +43,14 @@ def read_history(path: Path|str) -> pd.DataFrame:
     return df
 
 # %% ../nbs/09_store.ipynb #e953bd51
-RUN_EXCLUDE = ("out_dir", "device", "compile", "compile_mode", "ckpt_interval")  # TrainConfig fields that do not change what a run trains
+RUN_EXCLUDE = ("out_dir", "device", "compile_mode", "ckpt_interval")  # TrainConfig fields that do not change what a run trains
 
-RUN_OPTIONAL = ADDED_FIELDS   # fields added later -> their default: left out of the identity there, so earlier run ids stay
+# fields left out of the identity at their default, so earlier run ids stay: those added later, and `compile` (a
+# compiled run draws its dropout masks another way, so it is another run; an eager one keeps the id it always had)
+RUN_OPTIONAL = {**ADDED_FIELDS, "compile": False}
 
 def normalise_config(model_cfg,                   # model config (a GPTConfig or its dict)
-                     train_cfg,                   # training config; its `RUN_EXCLUDE` fields (out_dir, device, compile...) left out
+                     train_cfg,                   # training config; its `RUN_EXCLUDE` fields (out_dir, device, ckpt_interval...) left out
                      schedule: dict|None = None,  # the run's dropout schedule: a dict, a schedule object, or None
                     ) -> dict:                    # {'model': ..., 'train': ..., 'schedule': ...}, JSON-ready
     "The JSON-ready identity of one run: model cfg, train cfg less `RUN_EXCLUDE`, schedule dict."

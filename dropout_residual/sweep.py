@@ -77,7 +77,7 @@ def max_group_size(model_cfg,                     # one member's model config
 
 def group_configs(specs: Sequence[RunSpec],   # the group's runs, one member each, all of one shape
                   device: str = "auto",       # the device set in the training config
-                  options: dict|None = None,  # more training config fields to set (`RUN_OPTIONS`: ckpt_interval, compile...)
+                  options: dict|None = None,  # more training config fields to set (`RUN_OPTIONS`: ckpt_interval, compile_mode)
                  ):                           # (stacked model config, training config, schedules or None)
     "The stacked model config, train config (one seed per member, `options` set) and schedules (None or one per member) of a group."
     m = Members.stack([s.model_cfg for s in specs])   # compact: a field given once where the members agree
@@ -114,6 +114,7 @@ def plan_groups(specs: Sequence[RunSpec],      # the runs wanted; those done in 
         else: new.setdefault(shape_key(s), []).append(s)
     for members in new.values():
         cap = max_group_size(members[0].model_cfg, members[0].train_cfg, device, max_members)
+        if members[0].train_cfg.compile: cap = 1   # compiled: masks from torch's stream, seeded by the group's first seed
         n = math.ceil(len(members) / cap)
         size = math.ceil(len(members) / n)                       # even groups: 20 at cap 8 -> 7, 7, 6
         for j in range(0, len(members), size):
@@ -172,7 +173,7 @@ def run_group(group_dir: Path|str,         # a group folder from `plan_groups` (
               device: str = "auto",        # auto (CUDA if present), cpu, cuda, cuda:N
               progress: bool|None = None,  # progress bars and messages (default: in a terminal or live notebook)
               data=None,                   # the corpus (default: Tiny Shakespeare, loaded once per process)
-              options: dict|None = None,   # `RUN_OPTIONS` fields for the training (ckpt_interval, compile, compile_mode)
+              options: dict|None = None,   # `RUN_OPTIONS` fields for the training (ckpt_interval, compile_mode)
               stop=None,                   # anything with is_set(): stop at the next step boundary
              ) -> list[str]:               # the run ids of the member folders written
     "Train the member group in `group_dir` (resuming; `options`: `RUN_OPTIONS` fields; `stop`: `train`'s) and write every unfinished member's run folder; returns their run ids."
@@ -226,7 +227,7 @@ def run_groups(groups: Sequence[Path],          # group folders from `plan_group
                device: str = "auto",            # auto (CUDA if present), cpu, cuda, cuda:N
                progress: bool|None = None,      # progress bars and messages (default: in a terminal or live notebook)
                on_group: Callable|None = None,  # called as on_group(i, n, group_dir) after group i of n is done
-               options: dict|None = None,       # `RUN_OPTIONS` fields for the training (ckpt_interval, compile, compile_mode)
+               options: dict|None = None,       # `RUN_OPTIONS` fields for the training (ckpt_interval, compile_mode)
                stop=None,                       # anything with is_set(): stop, raising KeyboardInterrupt
               ) -> None:                        # `GroupBusyError` when another process was training some groups
     "Train `groups` (folders from `plan_groups`) with the `local` or `ray` executor; `on_group(i, n, gdir)` after each; `stop.is_set()`: stop (`KeyboardInterrupt`)."
@@ -290,7 +291,7 @@ def _run_ray(groups: Sequence[Path], device: str, progress: bool, on_group: Call
         if started: ray.shutdown()
 
 # %% ../nbs/12_sweep.ipynb #a76357b7
-RUN_OPTIONS = ("ckpt_interval", "compile", "compile_mode")   # not in a run's identity; sweep takes device and out_dir itself
+RUN_OPTIONS = ("ckpt_interval", "compile_mode")   # not in a run's identity; sweep takes device and out_dir itself
 
 def train_options(specs: Sequence[RunSpec], overrides: dict|Sequence[str]|None) -> dict:
     "The `RUN_OPTIONS` fields `overrides` sets, as the specs hold them (parsed, checked): they reach the groups' training."

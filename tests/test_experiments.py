@@ -71,6 +71,13 @@ def test_grouping_and_member_equivalence(tmp_path):
     p3 = PP.experiment_runs("paper3", "smoke", seeds=2)
     g3 = SW.plan_groups(p3, tmp_path/"b", "cpu")
     assert len(g3) == 7 and all(len(json.loads((g/"group.json").read_text())["members"]) == 2 for g in g3)
+    # compiled runs are other runs (their masks come from torch's stream), and each trains alone, so its numbers
+    # never depend on its group
+    pc = PP.experiment_runs("paper1", "smoke", overrides={"compile": True})
+    assert not {s.run_id for s in pc} & {s.run_id for s in specs}
+    assert {s.run_id for s in PP.experiment_runs("paper1", "smoke", overrides={"compile": False})} == {s.run_id for s in specs}
+    gc = SW.plan_groups(pc, tmp_path/"e", "cpu", max_members=8)
+    assert len(gc) == len(pc) and all(len(json.loads((g/"group.json").read_text())["members"]) == 1 for g in gc)
     # a member without dropout computes what it computes alone (same init, same batches, no masks)
     grouped = _sweep(tmp_path/"c", overrides={"attn_dropout": 0.0, "max_iters": 4}, labels=PAPER1_SOME, max_members=4)
     alone = _sweep(tmp_path/"d", overrides={"attn_dropout": 0.0, "max_iters": 4}, labels=[PAPER1_SOME[2]], max_members=1)

@@ -63,6 +63,12 @@ def test_sweep_options_reach_the_training(tmp_path, monkeypatch):
     assert [(t.ckpt_interval, t.compile) for t in seen] == [(2, False)]
     plain = SW.experiment_runs("paper2", "smoke", overrides=["max_iters=4"], labels=["fixed"])[0]
     assert (tmp_path/"paper2"/plain.run_id/"summary.json").is_file()   # same run id as without the options
+    class Seen(Exception): pass
+    def spy_only(model_cfg, train_cfg, *a, **k): seen.append(train_cfg); raise Seen
+    monkeypatch.setattr(SW, "train", spy_only)
+    with pytest.raises(Seen):     # compile=on is in the run's identity (a compiled run is another run) and reaches its training
+        SW.sweep("paper2", overrides=["max_iters=4", "compile=on"], labels=["fixed"], root=tmp_path, device="cpu", progress=False)
+    assert seen[-1].compile is True
 
 # ---------------------------------------------------------------- 4. planning under a lock on the results root
 def _has_open(pid: int, name: str) -> bool:
