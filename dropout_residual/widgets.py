@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_widgets.ipynb #7f9f08c9
 from __future__ import annotations
-import datetime, html, json, os, shlex, signal, threading, time, traceback
+import contextvars, datetime, html, json, os, shlex, signal, threading, time, traceback
 from pathlib import Path
 from typing import Sequence
 
@@ -329,7 +329,8 @@ def press_run(self: ExperimentPanel, button=None) -> SweepResult|None:
     def work():
         try: self.on_run(button)
         except BaseException: pass               # on_run put the cause in the status line and the traceback in the log
-    self.worker = threading.Thread(target=work, name=f"dropout-residual {self.experiment.value} run", daemon=True)
+    ctx = contextvars.copy_context()   # the press's message: what the run prints goes to the log, whatever cell runs next
+    self.worker = threading.Thread(target=ctx.run, args=(work,), name=f"dropout-residual {self.experiment.value} run", daemon=True)
     self.worker.start()
 
 # %% ../nbs/16_widgets.ipynb #82c0881d

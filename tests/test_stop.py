@@ -147,8 +147,8 @@ def _kernel_execute(kc, code: str, subshell_id: str|None = None, timeout: float 
     return msg["header"]["msg_id"]
 
 
-def _kernel_reply(kc, msg_id: str, timeout: float = WAIT_S) -> dict:
-    "The reply to `msg_id` and its stdout and errors, within `timeout` seconds."
+def _kernel_reply(kc, msg_id: str, timeout: float = WAIT_S, seen: list|None = None) -> dict:
+    "The reply to `msg_id` and its stdout and errors, within `timeout` seconds; every iopub message read goes to `seen`."
     out, deadline = {"stdout": "", "errors": [], "status": None}, time.monotonic() + timeout
     while out["status"] is None:
         assert time.monotonic() < deadline, f"no reply within {timeout} s; so far {out}"
@@ -158,82 +158,114 @@ def _kernel_reply(kc, msg_id: str, timeout: float = WAIT_S) -> dict:
         while True:
             try: io = kc.get_iopub_msg(timeout=0.05)
             except Exception: break
+            if seen is not None: seen.append(io)
             if io["parent_header"].get("msg_id") != msg_id: continue
             if io["msg_type"] == "stream": out["stdout"] += io["content"]["text"]
             elif io["msg_type"] == "error": out["errors"].append("\n".join(io["content"]["traceback"]))
     return out
 
 
-def test_real_kernel_interrupt_stops_a_run_pressed_on_a_subshell(tmp_path):
+@pytest.fixture
+def kernel(tmp_path):
+    "A real ipykernel started in tmp_path, this checkout on its path: yields (manager, client); shut down after the test."
+    jc = pytest.importorskip("jupyter_client")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env.pop("PYTEST_CURRENT_TEST", None); env.pop(widgets.WIDGETS_ENV, None)
+    km = jc.KernelManager(kernel_name="python3")
+    km.start_kernel(env=env, cwd=str(tmp_path))
+    kc = km.client(); kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=WAIT_S)
+        yield km, kc
+    finally:
+        kc.stop_channels(); km.shutdown_kernel(now=True)
+
+
+def _subshell(kc) -> str:
+    "A new subshell of the kernel (where ipykernel 7 runs a widget callback from the second press on); skips without them."
+    kc.control_channel.send(kc.session.msg("create_subshell_request", {}))
+    rep = kc.get_control_msg(timeout=WAIT_S)
+    sid = rep["content"].get("subshell_id")
+    if sid is None: pytest.skip(f"this kernel has no subshells: {rep['content']}")
+    return sid
+
+
+def _wait_for(marker: Path, what: str):
+    deadline = time.monotonic() + WAIT_S
+    while not marker.exists():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_real_kernel_interrupt_stops_a_run_pressed_on_a_subshell(kernel, tmp_path):
     "A real ipykernel 7: Run pressed twice, the second time on a subshell thread; Kernel > Interrupt stops it with a checkpoint."
-    jc = pytest.importorskip("jupyter_client")
+    km, kc = kernel
     root, marker = tmp_path/"runs", tmp_path/"step2"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    env.pop("PYTEST_CURRENT_TEST", None); env.pop(widgets.WIDGETS_ENV, None)
-    km = jc.KernelManager(kernel_name="python3")
-    km.start_kernel(env=env, cwd=str(tmp_path))
-    kc = km.client(); kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=WAIT_S)
-        setup = _kernel_reply(kc, _kernel_execute(kc, KERNEL_SETUP.format(root=str(root), marker=str(marker))))
-        assert setup["status"] == "ok" and "ready" in setup["stdout"], setup
-        req = kc.session.msg("create_subshell_request", {})
-        kc.control_channel.send(req)
-        rep = kc.get_control_msg(timeout=WAIT_S)
-        sid = rep["content"].get("subshell_id")
-        if sid is None: pytest.skip(f"this kernel has no subshells: {rep['content']}")
-        run = _kernel_execute(kc, "import threading; print(threading.current_thread() is threading.main_thread()); "
-                                  "print(panel.run_button.click() is None)", subshell_id=sid)
-        deadline = time.monotonic() + WAIT_S
-        while not marker.exists():
-            assert time.monotonic() < deadline, "the second run never reached step 2"
-            time.sleep(0.1)
-        km.interrupt_kernel()                                     # Kernel > Interrupt: a SIGINT to the kernel
-        second = _kernel_reply(kc, run)
-        assert second["stdout"].split()[:2] == ["False", "True"], second   # the press ran off the main thread, and returned at once
-        check = _kernel_reply(kc, _kernel_execute(kc, "panel.worker.join(60); print(panel.worker.is_alive(), panel.status.value)"))
-        assert check["stdout"].startswith("False") and "stopped:" in check["stdout"] and "press Run to resume" in check["stdout"], (check, second)
-    finally:
-        kc.stop_channels(); km.shutdown_kernel(now=True)
+    setup = _kernel_reply(kc, _kernel_execute(kc, KERNEL_SETUP.format(root=str(root), marker=str(marker))))
+    assert setup["status"] == "ok" and "ready" in setup["stdout"], setup
+    sid = _subshell(kc)
+    run = _kernel_execute(kc, "import threading; print(threading.current_thread() is threading.main_thread()); "
+                              "print(panel.run_button.click() is None)", subshell_id=sid)
+    _wait_for(marker, "the second run never reached step 2")
+    km.interrupt_kernel()                                     # Kernel > Interrupt: a SIGINT to the kernel
+    second = _kernel_reply(kc, run)
+    assert second["stdout"].split()[:2] == ["False", "True"], second   # the press ran off the main thread, and returned at once
+    check = _kernel_reply(kc, _kernel_execute(kc, "panel.worker.join(60); print(panel.worker.is_alive(), panel.status.value)"))
+    assert check["stdout"].startswith("False") and "stopped:" in check["stdout"] and "press Run to resume" in check["stdout"], (check, second)
     (ck,) = (root/"paper2"/"_groups").glob("*/ckpt.pt")
     c = load_checkpoint(ck)
     assert c["kind"] == "interrupt" and 2 <= c["step"] < 8, (c["kind"], c["step"])
 
 
-def test_real_kernel_stop_button_pressed_through_its_comm(tmp_path):
+def test_real_kernel_stop_button_pressed_through_its_comm(kernel, tmp_path):
     "A real ipykernel 7: Run pressed on a subshell thread, then Stop pressed as a browser does, by a comm message to its widget."
-    jc = pytest.importorskip("jupyter_client")
+    km, kc = kernel
     root, marker = tmp_path/"runs", tmp_path/"step2"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    env.pop("PYTEST_CURRENT_TEST", None); env.pop(widgets.WIDGETS_ENV, None)
-    km = jc.KernelManager(kernel_name="python3")
-    km.start_kernel(env=env, cwd=str(tmp_path))
-    kc = km.client(); kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=WAIT_S)
-        setup = _kernel_reply(kc, _kernel_execute(kc, KERNEL_SETUP.format(root=str(root), marker=str(marker))
-                                                     + "\nprint('stop', panel.stop_button.model_id)"))
-        assert setup["status"] == "ok" and "ready" in setup["stdout"], setup
-        model_id = setup["stdout"].split("stop ")[-1].split()[0]
-        req = kc.session.msg("create_subshell_request", {})
-        kc.control_channel.send(req)
-        sid = kc.get_control_msg(timeout=WAIT_S)["content"].get("subshell_id")
-        if sid is None: pytest.skip("this kernel has no subshells")
-        run = _kernel_execute(kc, "print(panel.run_button.click() is None)", subshell_id=sid)
-        deadline = time.monotonic() + WAIT_S
-        while not marker.exists():
-            assert time.monotonic() < deadline, "the second run never reached step 2"
-            time.sleep(0.1)
-        click = kc.session.msg("comm_msg", {"comm_id": model_id, "data": {"method": "custom", "content": {"event": "click"}}})
-        kc.shell_channel.send(click)                              # what the front end sends when Stop is clicked
-        second = _kernel_reply(kc, run)
-        assert second["status"] == "ok", second
-        check = _kernel_reply(kc, _kernel_execute(kc, "panel.worker.join(60); print(panel.worker.is_alive(), panel.status.value)"))
-        assert check["stdout"].startswith("False") and "stopped:" in check["stdout"] and "press Run to resume" in check["stdout"], (check, second)
-    finally:
-        kc.stop_channels(); km.shutdown_kernel(now=True)
+    setup = _kernel_reply(kc, _kernel_execute(kc, KERNEL_SETUP.format(root=str(root), marker=str(marker))
+                                                 + "\nprint('stop', panel.stop_button.model_id)"))
+    assert setup["status"] == "ok" and "ready" in setup["stdout"], setup
+    model_id = setup["stdout"].split("stop ")[-1].split()[0]
+    sid = _subshell(kc)
+    run = _kernel_execute(kc, "print(panel.run_button.click() is None)", subshell_id=sid)
+    _wait_for(marker, "the second run never reached step 2")
+    click = kc.session.msg("comm_msg", {"comm_id": model_id, "data": {"method": "custom", "content": {"event": "click"}}})
+    kc.shell_channel.send(click)                              # what the front end sends when Stop is clicked
+    second = _kernel_reply(kc, run)
+    assert second["status"] == "ok", second
+    check = _kernel_reply(kc, _kernel_execute(kc, "panel.worker.join(60); print(panel.worker.is_alive(), panel.status.value)"))
+    assert check["stdout"].startswith("False") and "stopped:" in check["stdout"] and "press Run to resume" in check["stdout"], (check, second)
     (ck,) = (root/"paper2"/"_groups").glob("*/ckpt.pt")
     c = load_checkpoint(ck)
     assert c["kind"] == "interrupt" and 2 <= c["step"] < 8, (c["kind"], c["step"])
+
+
+LOG_SETUP = """
+import torch
+from dropout_residual.widgets import ExperimentPanel
+torch.set_num_threads(1)
+panel = ExperimentPanel("paper2", preset="smoke", labels=["fixed"], root={root!r}, progress=True, device="cpu")
+print("log", panel.log.model_id)
+"""
+
+
+def test_real_kernel_run_on_a_worker_thread_prints_into_the_panel_log(kernel, tmp_path):
+    """A real ipykernel 7: Run pressed on a subshell trains on a worker thread; what it prints must carry the message id the
+    log's Output widget captures while the run is under way, which is how JupyterLab routes output into the widget."""
+    km, kc = kernel
+    seen = []
+    setup = _kernel_reply(kc, _kernel_execute(kc, LOG_SETUP.format(root=str(tmp_path/"runs"))), seen=seen)
+    assert setup["status"] == "ok", setup
+    log_id = setup["stdout"].split("log ")[-1].split()[0]
+    run = _kernel_execute(kc, "panel.run_button.click()", subshell_id=_subshell(kc))
+    assert _kernel_reply(kc, run, seen=seen)["status"] == "ok"
+    done = _kernel_reply(kc, _kernel_execute(kc, "panel.worker.join(60); print(panel.worker.is_alive(), panel.status.value)"), seen=seen)
+    assert done["stdout"].startswith("False") and "done:" in done["stdout"], done
+    assert "the same from a terminal" not in done["stdout"], done   # a cell run on the main shell meanwhile catches none of it
+    captures = [(i, m["content"]["data"]["state"]["msg_id"]) for i, m in enumerate(seen)
+                if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == log_id and "msg_id" in m["content"]["data"].get("state", {})]
+    assert [c for _, c in captures][:2] == [run, ""], captures     # the log captures the press's messages, then lets go
+    (begin, _), (end, _) = captures[:2]
+    printed = [(i, m["content"]["text"]) for i, m in enumerate(seen) if m["msg_type"] == "stream" and m["parent_header"].get("msg_id") == run]
+    logged = "".join(t for i, t in printed if begin < i < end)
+    assert "the same from a terminal: dropout-residual sweep paper2" in logged and "[group 1/1] wrote 1 runs" in logged, printed
