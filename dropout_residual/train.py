@@ -65,15 +65,15 @@ def setup_device(device: torch.device):
 # %% ../nbs/07_train.ipynb #9617f89a
 def configure_optimizer(model: nn.Module,       # the model whose trainable parameters are optimised
                         cfg: TrainConfig,       # training config: lr, beta1, beta2, weight_decay
-                        device: torch.device,   # the training device (CUDA: fused AdamW)
+                        device: torch.device,   # the training device (CPU or CUDA: fused AdamW)
                        ) -> torch.optim.AdamW:  # AdamW with a decayed and a non-decayed parameter group
-    "AdamW: weight decay on parameters with `dim >= 3` (members x matrix, embeddings included), none on the rest; fused on CUDA."
+    "AdamW: weight decay on parameters with `dim >= 3` (members x matrix, embeddings included), none on the rest; fused (CPU, CUDA)."
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 3]
     no_decay = [p for p in params if p.dim() < 3]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    extra = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **extra)
+    fused = torch.device(device).type in ("cpu", "cuda")       # torch's one-kernel update; elsewhere its default
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
 
 # %% ../nbs/07_train.ipynb #2d57b49f
 @torch.no_grad()
