@@ -4,7 +4,9 @@
 
 # %% ../nbs/13_bench.ipynb #6a0e4864
 from __future__ import annotations
-import contextlib, dataclasses, json, math, os, platform, time
+import contextlib, dataclasses, datetime, json, math, os, platform, time
+from pathlib import Path
+from typing import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,11 +22,11 @@ from .config import TrainConfig
 from .train import TrainState, autocast, compile_model, configure_optimizer, evaluate, measure_generation, resolve_dtype, setup_device, train_step, uses_cudagraphs
 
 # %% auto #0
-__all__ = ['PEAK_TFLOPS', 'SHAPES', 'GRIDS', 'Timing', 'time_fns', 'time_fn', 'num_threads', 'device_name', 'environment',
-           'peak_flops', 'flops_per_token', 'mfu', 'measured_peak_flops', 'device_peak', 'ReferenceGPT',
+__all__ = ['PEAK_TFLOPS', 'SHAPES', 'GRIDS', 'BENCH_TARGETS', 'Timing', 'time_fns', 'time_fn', 'num_threads', 'device_name',
+           'environment', 'peak_flops', 'flops_per_token', 'mfu', 'measured_peak_flops', 'device_peak', 'ReferenceGPT',
            'shape_configs', 'reference_for', 'compile_settings', 'bench_device', 'train_step_fn', 'reference_step_fn',
            'random_batch', 'BenchResult', 'replace_members', 'bench_train', 'grid_runs', 'project_grid', 'bench_grid',
-           'generation_contexts', 'generation_flops', 'bench_generate']
+           'generation_contexts', 'generation_flops', 'bench_generate', 'save_record', 'read_records', 'figures_table']
 
 # %% ../nbs/13_bench.ipynb #4730d4fb
 @dataclass
@@ -688,3 +690,58 @@ def bench_generate(shape: str = "paper2",      # the model preset: paper1, paper
              *(f"KV cache vs recomputation, window={w}: {ratios[w]:.2f}x" for w in GENERATE_WINDOWS),
              *([f"KV cache vs recomputation within one block ({nb} new tokens): {ratios['within_block']:.2f}x"] if "within_block" in ratios else [])]
     return BenchResult(pd.DataFrame(rows), rec, notes)
+
+# %% ../nbs/13_bench.ipynb #4dde7c22
+BENCH_TARGETS = {   # bench -> (the record's figure, the target it must reach, what the ratio compares)
+    "train": ("speed_vs_reference_per_member", 1.3, "GPT per member / ReferenceGPT, a training step"),
+    "grid": ("ratio_per_member", 2.0, "stacked per member / one member alone"),
+    "generate": ("cache_vs_recompute", 10.0, "KV cache / full recomputation, tokens/s")}
+
+def save_record(res: BenchResult, path: Path|str, command: str) -> dict:
+    "Append `res`'s record, with the `command` that made it and today's date, as one JSON line of `path`; returns it."
+    rec = {"command": command, "date": datetime.date.today().isoformat(), **_jsonable(res.record)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f: f.write(json.dumps(rec, allow_nan=False) + "\n")
+    return rec
+
+def read_records(path: Path|str) -> list[dict]:
+    "The records of a file `save_record` wrote, oldest first; a line that is not a JSON object is an error naming the line."
+    out = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip(): continue
+        try: rec = json.loads(line)
+        except json.JSONDecodeError as e: raise ValueError(f"{path}:{i} is not a JSON line ({e}); remove the line or rerun its command") from None
+        if not isinstance(rec, dict) or "bench" not in rec:
+            raise ValueError(f"{path}:{i} is not a benchmark record (no 'bench' key); remove the line or rerun its command")
+        out.append(rec)
+    return out
+
+# %% ../nbs/13_bench.ipynb #b7ab618b
+def _figure_rows(r: dict) -> list[dict]:
+    "One row per headline figure of record `r`: (what, figure, target, ours MFU, reference MFU)."
+    key, target, what = BENCH_TARGETS[r["bench"]]
+    if r["bench"] == "train":
+        E = r["members"]
+        return [dict(what=f"training step, {r['shape']} shape, E={E}" + ("" if E == 1 else " (per member)"), compares=what,
+                     figure=r.get(key), cpu_time_figure=r.get("speed_vs_reference_per_member_cpu_time"),
+                     target=target if E == 1 and r["shape"] == "paper1" else None, mfu=r.get("mfu"), reference_mfu=r.get("reference_mfu"))]
+    if r["bench"] == "grid":
+        return [dict(what=f"{g} grid, stacked E={r[g]['members']} vs one at a time", compares=what, figure=r[g][key],
+                     cpu_time_figure=r[g]["ratio_per_member_cpu_time"], target=target if g == "paper1" else None,
+                     mfu=r[g]["stacked_mfu"], reference_mfu=r[g]["single_mfu"]) for g in r["grids"]]
+    return [dict(what=f"generation, {r['shape']} model, batch 1, {r['new_tokens']} tokens, window={r['window']}", compares=what,
+                 figure=r[key], cpu_time_figure=None, target=target if r["shape"] == "paper2" else None,
+                 mfu=r.get("cache_mfu"), reference_mfu=r.get("recompute_mfu"))]
+
+def figures_table(records: Sequence[dict]) -> pd.DataFrame:
+    "One row per headline figure of `records`: figure, target, met, MFU of each side and the peak it is a fraction of."
+    rows = []
+    for r in records:
+        for row in _figure_rows(r):
+            met = None if row["target"] is None or row["figure"] is None else bool(row["figure"] >= row["target"])
+            rows.append({**row, "met": met, "dtype": r["dtype"], "threads": r["threads"], "compile": r["compile"],
+                         "peak_gflops": None if r.get("peak_flops") is None else r["peak_flops"] / 1e9,
+                         "peak_source": r.get("peak_source"), "device": r["device_name"], "load": r.get("loadavg_1m"),
+                         "date": r.get("date"), "command": r.get("command")})
+    return pd.DataFrame(rows)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_cli.ipynb #cabcc82a
 from __future__ import annotations
-import argparse, errno, json, os, sys
+import argparse, errno, json, os, shlex, sys
 
 # %% auto #0
 __all__ = ['PRESET_HELP', 'DEVICE_HELP', 'SUBCOMMANDS', 'build_parser', 'main']
@@ -87,10 +87,17 @@ def _cmd_sample(args) -> int:
 def _cmd_bench(args) -> int:
     from dropout_residual import bench
     fn = {"train": bench.bench_train, "grid": bench.bench_grid, "generate": bench.bench_generate}[args.which]
-    kw = {k: v for k, v in vars(args).items() if k not in ("command", "which", "func")}
+    kw = {k: v for k, v in vars(args).items() if k not in ("command", "which", "func", "save", "argv")}
     if kw.get("steps") is not None and kw["steps"] < 1:   # the library would name its inner loop's count
         raise ValueError(f"--steps {kw['steps']} must be >= 1 (training steps per timed sample)")
-    print(fn(**kw).report())
+    res = fn(**kw)
+    print(res.report())
+    if args.save:
+        argv = list(args.argv)
+        i = argv.index("--save") if "--save" in argv else None
+        if i is not None: del argv[i:i + 2]                        # the command without where it was saved
+        bench.save_record(res, args.save, shlex.join(["dropout-residual", *[a for a in argv if not a.startswith("--save=")]]))
+        print(f"record appended to {args.save}", file=sys.stderr)
     return 0
 
 # %% ../nbs/17_cli.ipynb #b80ee7a6
@@ -171,6 +178,7 @@ def _bench_timing(q, steps: int|None, repeats: int, warmup: int) -> None:
     q.add_argument("--warmup", type=int, default=warmup, help=f"untimed warm-up calls (default {warmup})")
     q.add_argument("--seed", type=int, default=0, help="seed of the weights and batches (default 0)")
     if steps is not None: q.add_argument("--steps", type=int, default=steps, help=f"training steps per timed sample (default {steps})")
+    q.add_argument("--save", metavar="PATH", help="also append the JSON record, with this command and the date, to PATH (the Benchmarks page reads nbs/bench/figures.jsonl)")
 
 def _bench_compiling(q) -> None:
     q.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16")
@@ -289,6 +297,7 @@ def _check_args(args) -> None:
 def main(argv: list[str]|None = None) -> int:
     "Entry point of `dropout-residual`: bad input exits 2, a file-system error 74, a busy group or run folder 75, Ctrl-C 130; each one line."
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # the command as given (`bench --save` records it)
     try:
         _check_args(args)
         return args.func(args)

@@ -69,3 +69,18 @@ def test_bench_bad_input():
         assert rc == 2 and word in err, (args, err)
     with contextlib.redirect_stdout(io.StringIO()) as out, __import__("pytest").raises(SystemExit) as e: main(["bench", "--help"])
     assert e.value.code == 0 and "generate" in out.getvalue()
+
+def test_bench_save_appends_the_record_and_its_command(tmp_path):
+    "`--save PATH` appends the JSON line the command printed, with the command (less --save) and the date; the table reads it."
+    from dropout_residual.bench import figures_table, read_records
+    path = tmp_path/"figs"/"figures.jsonl"
+    for _ in range(2):
+        rc, out, err = in_process("bench", "generate", "--shape", "smoke", "--new-tokens", "12", "--repeats", "1", "--warmup", "0",
+                                  "--save", str(path), *FAST)
+        assert rc == 0 and f"record appended to {path}" in err
+    recs = read_records(path)
+    assert len(recs) == 2 and recs[1]["command"] == "dropout-residual bench generate --shape smoke --new-tokens 12 --repeats 1 --warmup 0 --threads 1 --device cpu"
+    printed = json.loads(out.strip().splitlines()[-1])
+    assert {k: v for k, v in recs[1].items() if k not in ("command", "date")} == printed
+    t = figures_table(recs)
+    assert len(t) == 2 and (t.figure > 0).all() and t.what[0].startswith("generation, smoke model")
