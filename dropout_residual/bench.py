@@ -22,11 +22,12 @@ from .config import TrainConfig
 from .train import TrainState, autocast, compile_model, configure_optimizer, evaluate, measure_generation, resolve_dtype, setup_device, train_step, uses_cudagraphs
 
 # %% auto #0
-__all__ = ['PEAK_TFLOPS', 'SHAPES', 'GRIDS', 'BENCH_TARGETS', 'Timing', 'time_fns', 'time_fn', 'num_threads', 'device_name',
-           'environment', 'peak_flops', 'flops_per_token', 'mfu', 'measured_peak_flops', 'device_peak', 'ReferenceGPT',
-           'shape_configs', 'reference_for', 'compile_settings', 'bench_device', 'train_step_fn', 'reference_step_fn',
-           'random_batch', 'BenchResult', 'replace_members', 'bench_train', 'grid_runs', 'project_grid', 'bench_grid',
-           'generation_contexts', 'generation_flops', 'bench_generate', 'save_record', 'read_records', 'figures_table']
+__all__ = ['MATMUL_FLAGS', 'PEAK_TFLOPS', 'SHAPES', 'GRIDS', 'BENCH_TARGETS', 'Timing', 'time_fns', 'time_fn', 'num_threads',
+           'device_name', 'cpu_matmul_flags', 'environment', 'peak_flops', 'flops_per_token', 'mfu',
+           'measured_peak_flops', 'device_peak', 'ReferenceGPT', 'shape_configs', 'reference_for', 'compile_settings',
+           'bench_device', 'train_step_fn', 'reference_step_fn', 'random_batch', 'BenchResult', 'replace_members',
+           'bench_train', 'grid_runs', 'project_grid', 'bench_grid', 'generation_contexts', 'generation_flops',
+           'bench_generate', 'save_record', 'read_records', 'figures_table']
 
 # %% ../nbs/13_bench.ipynb #4730d4fb
 @dataclass
@@ -106,11 +107,21 @@ def device_name(device: str|torch.device = "cpu") -> str:
     except OSError: pass
     return f"{name} ({os.cpu_count()} cores)"
 
+MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")   # what a CPU matmul can use
+
+def cpu_matmul_flags() -> list[str]|None:
+    "The `MATMUL_FLAGS` this CPU has (from /proc/cpuinfo; None where it cannot be read): bf16 pays only with avx512_bf16 or amx_bf16."
+    try: text = Path("/proc/cpuinfo").read_text()
+    except OSError: return None
+    flags = set(next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), []))
+    return [f for f in MATMUL_FLAGS if f in flags]
+
 def environment(device: torch.device, dtype: torch.dtype) -> dict:
-    "The settings every benchmark's JSON line carries."
+    "The settings every benchmark's JSON line carries (on a CPU, also its matmul instruction sets)."
     return {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
             "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
-            "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+            "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            **({"cpu_matmul_flags": cpu_matmul_flags()} if torch.device(device).type == "cpu" else {})}
 
 # %% ../nbs/13_bench.ipynb #123b26cc
 # dense (no sparsity) tensor-core peaks, TFLOP/s, from NVIDIA datasheets; matched on the device name
