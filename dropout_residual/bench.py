@@ -176,10 +176,13 @@ def measured_peak_flops(device: str|torch.device = "cpu",  # where to multiply
 def device_peak(device: str|torch.device,  # the device the figures were measured on
                 dtype: torch.dtype,         # the dtype they ran in
                ) -> tuple[float|None, str]: # (peak FLOP/s or None, where it comes from)
-    "The peak MFU is reported against: the datasheet's on a known GPU, the measured matmul peak on a CPU."
+    "The peak MFU is reported against: the datasheet's on a known GPU; on a CPU the measured matmul peak (bf16: the faster of bf16 and float32)."
     if (p := peak_flops(device, dtype)) is not None: return p, "datasheet"
-    if torch.device(device).type == "cpu": return measured_peak_flops(device, dtype), f"measured {str(dtype).split('.')[-1]} matmul"
-    return None, "unknown"
+    if torch.device(device).type != "cpu": return None, "unknown"
+    p = measured_peak_flops(device, dtype)
+    if dtype == torch.bfloat16 and (p32 := measured_peak_flops(device, torch.float32)) > p:   # no bf16 units: float32 is this CPU's best
+        return p32, "measured float32 matmul (faster than bfloat16 on this CPU)"
+    return p, f"measured {str(dtype).split('.')[-1]} matmul"
 
 # %% ../nbs/13_bench.ipynb #be1f25e7
 class _RefAttention(nn.Module):
