@@ -12,3 +12,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 torch.set_num_threads(1)
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU; skipped without one (tools/gpu_check.sh runs them on a lent GPU)")
