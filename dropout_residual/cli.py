@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_cli.ipynb #cabcc82a
 from __future__ import annotations
-import argparse, errno, json, os, shlex, sys
+import argparse, datetime, errno, json, os, shlex, sys
 
 # %% auto #0
 __all__ = ['PRESET_HELP', 'DEVICE_HELP', 'SUBCOMMANDS', 'build_parser', 'main']
@@ -110,7 +110,14 @@ def _cmd_sweep(args) -> int:
     return 0
 
 def _cmd_reproduce(args) -> int:
-    from dropout_residual.report import reproduce
+    from dropout_residual.report import _hms, reproduce, reproduce_estimate
+    if args.estimate:
+        plan = reproduce_estimate(args.preset, root=args.runs, seeds=args.seeds, experiments=args.experiments.split(","), device=args.device)
+        for n, e in plan["experiments"].items(): print(f"{n}: {e['runs']} runs, {e['to_train']} to train, about {_hms(e['estimate_s'])} here")
+        print(f"in all: {plan['to_train']} of {plan['runs']} runs to train, about {_hms(plan['estimate_s'])} on {plan['device']} "
+              f"({plan['torch_threads']} torch threads, {plan['cpu_count']} CPUs); nothing was trained")
+        print(json.dumps({"command": shlex.join(["dropout-residual", *args.argv]), "date": datetime.date.today().isoformat(), **plan}))
+        return 0
     res = reproduce(args.preset, root=args.runs, seeds=args.seeds, executor=args.executor,
                     experiments=args.experiments.split(","), device=args.device, max_members=args.max_members,
                     progress=not args.quiet)
@@ -248,6 +255,7 @@ def _add_reproduce(sub) -> None:
                                    "figures (PNG) under RUNS/results/PRESET/.")
     _preset(r, "regime")
     r.add_argument("--experiments", default="paper1,paper2,paper3", help="comma-separated subset (default: all three)")
+    r.add_argument("--estimate", action="store_true", help="only print what would be trained and how long it should take here, then one JSON line")
     _sweep_common(r, seeds=3)
     r.set_defaults(func=_cmd_reproduce)
 
@@ -279,16 +287,10 @@ def _os_error_line(e: OSError) -> str:
     fix = _OS_FIXES.get(e.errno, "check the path and its folder, then run the same command again")
     return f"cannot write or read {path}: {e.strerror or e}; {fix}"
 
-def _check_env() -> None:
-    "torchrun's variables, where set, are integers: a malformed one is an error naming it."
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        v = os.environ.get(k)
-        if v is not None and not v.strip().isdigit():
-            raise ValueError(f"environment variable {k}={v!r} must be an integer >= 0 (torchrun sets it): fix it or unset it")
-
 def _check_args(args) -> None:
-    "What every command checks before it starts: the environment, and a --device that exists here."
-    _check_env()
+    "What every command checks before it starts: torchrun's variables (`train.check_dist_env`), and a --device that exists here."
+    from dropout_residual.train import check_dist_env
+    check_dist_env()
     if getattr(args, "device", None) not in (None, "auto"):
         from dropout_residual.utils import resolve_device
         resolve_device(args.device)

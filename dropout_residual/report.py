@@ -6,13 +6,13 @@
 from __future__ import annotations
 import dropout_residual
 import pandas as pd
-import datetime, time
+import datetime, os, time
 from pathlib import Path
 from typing import Sequence
 
-
+import torch
 from tqdm.auto import tqdm
-from .utils import _closest, atomic_write_bytes, read_json, show_progress
+from .utils import _closest, atomic_write_bytes, read_json, resolve_device, show_progress
 from .store import RUN_COLUMNS, run_state, runs_root
 from .papers import SWEEP_PRESETS, experiment_runs, get_experiment
 from .sweep import SweepResult, _say, estimate_seconds, sweep
@@ -20,8 +20,8 @@ from .stats import regime_indicators, settle_by_seed, to_markdown, verdicts
 from .viz import FigureData, draw_figures, save_figure
 
 # %% auto #0
-__all__ = ['HISTORY_COLUMNS', 'SAVED_BASES', 'sweep_verdicts', 'history_table', 'write_results', 'reproduce', 'saved_results_dir',
-           'load_saved']
+__all__ = ['HISTORY_COLUMNS', 'SAVED_BASES', 'sweep_verdicts', 'history_table', 'write_results', 'saved_results_dir',
+           'load_saved', 'reproduce_estimate', 'reproduce']
 
 # %% ../nbs/15_report.ipynb #dcb3f778
 def sweep_verdicts(res: SweepResult, cache: dict|None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -63,46 +63,6 @@ def write_results(res: SweepResult,         # the sweep's result
         files.append(save_figure(fig, folder/f"{n}_{name}.png", close=True))
     return files
 
-def reproduce(preset: str = "regime",                  # the papers' regime proxies; quick is the fast demo
-              root: Path|str|None = None,               # the results root; tables go under <root>/results/<preset>/
-              seeds: int|Sequence[int] = 3,             # seeds per configuration
-              executor: str = "local",                  # local or ray (see `sweep`)
-              experiments: Sequence[str] = ("paper1", "paper2", "paper3"),  # which papers
-              device: str = "auto",                     # auto (CUDA if present), cpu, cuda, cuda:N
-              max_members: int|None = None,             # at most this many members per stacked group
-              progress: bool|None = None,               # the estimate, the overall bar and the groups' bars
-             ) -> dict[str, SweepResult]:
-    "Sweep every paper's experiment and write tables, figures, `verdicts.csv` and `report.md` under `<root>/results/<preset>/`."
-    exps = [get_experiment(e) for e in experiments]
-    if preset not in SWEEP_PRESETS: raise ValueError(f"preset={preset!r} is unknown{_closest(preset, SWEEP_PRESETS)}")
-    root = runs_root(root)
-    out, results, md, verdict = root/"results"/preset, {}, [], []
-    progress = show_progress(progress)
-    specs = {e.name: experiment_runs(e, preset, seeds) for e in exps}
-    todo = {n: sum(run_state(s.folder(root)) != "done" for s in v) for n, v in specs.items()}
-    bar = None
-    if progress:
-        est = sum(estimate_seconds(v, root, device) for v in specs.values())
-        _say(True, f"reproduce, preset {preset}: {sum(map(len, specs.values()))} runs of {len(exps)} experiments, "
-                   f"{sum(todo.values())} to train; estimated time here {datetime.timedelta(seconds=round(est))}")
-        bar = tqdm(total=sum(todo.values()), desc="reproduce: runs", unit="run", dynamic_ncols=True)
-    for e in exps:
-        t0 = time.perf_counter()
-        def count(i, n, gdir):
-            if bar is not None and gdir is not None: bar.update(len(read_json(gdir/"group.json")["members"]))
-        res = results[e.name] = sweep(e, preset, seeds, executor, root, device=device, max_members=max_members,
-                                      progress=progress, on_group=count)
-        figs = [p.name for p in write_results(res, out) if p.suffix == ".png"]
-        verdict.append(pd.read_csv(out/f"{e.name}_verdicts.csv"))
-        md += [res.report(), "", *[f"![{p[:-4]}]({p})" for p in figs], "",
-               f"({len(res.runs)} runs, {res.trained} trained now, {time.perf_counter() - t0:.0f} s)", ""]
-    v = pd.concat(verdict, ignore_index=True)
-    atomic_write_bytes(out/"verdicts.csv", v.to_csv(index=False).encode())
-    head = [f"# Reproduction, preset {preset}", "", "## Verdicts", "", to_markdown(v.drop(columns=["regime"])), ""]
-    atomic_write_bytes(out/"report.md", "\n".join(head + md).encode())
-    if bar is not None: bar.close()
-    _say(progress, f"tables and figures written to {out}")
-    return results
 
 # %% ../nbs/15_report.ipynb #7f4c6fe1
 SAVED_BASES = ("results", "papers/results", "nbs/papers/results")   # where a paper's folder is looked for, in order
@@ -127,3 +87,65 @@ def load_saved(paper: str,                   # paper1, paper2 or paper3
     "Every `<paper>_<name>.csv` of `saved_results_dir(paper, preset, base)`, by name: runs, table, verdicts, regime, history..."
     folder = saved_results_dir(paper, preset, base)
     return {p.stem[len(paper) + 1:]: pd.read_csv(p) for p in sorted(folder.glob(f"{paper}_*.csv"))}
+
+# %% ../nbs/15_report.ipynb #0707e9be
+def _hms(seconds: float) -> str: return str(datetime.timedelta(seconds=round(seconds)))
+
+def reproduce_estimate(preset: str = "regime",                  # as `reproduce`
+                       root: Path|str|None = None,               # the results root (finished runs there cost nothing)
+                       seeds: int|Sequence[int] = 3,             # seeds per configuration
+                       experiments: Sequence[str] = ("paper1", "paper2", "paper3"),  # which papers
+                       device: str = "auto",                     # where a step is timed
+                      ) -> dict:                                 # the plan: per experiment and in all, runs, to_train, estimate_s
+    "What `reproduce` would train here and how long it should take (`sweep.estimate_seconds`: timed steps), training nothing."
+    if preset not in SWEEP_PRESETS: raise ValueError(f"preset={preset!r} is unknown{_closest(preset, SWEEP_PRESETS)}")
+    root, per = runs_root(root), {}
+    for e in map(get_experiment, experiments):
+        specs = experiment_runs(e, preset, seeds)
+        per[e.name] = {"runs": len(specs), "to_train": sum(run_state(s.folder(root)) != "done" for s in specs),
+                       "estimate_s": estimate_seconds(specs, root, device)}
+    total = {k: sum(p[k] for p in per.values()) for k in ("runs", "to_train", "estimate_s")}
+    return {"preset": preset, "seeds": seeds if isinstance(seeds, int) else list(seeds), "device": str(resolve_device(device)),
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "experiments": per, **total}
+
+
+# %% ../nbs/15_report.ipynb #2db73c11
+def reproduce(preset: str = "regime",                  # the papers' regime proxies; quick is the fast demo
+              root: Path|str|None = None,               # the results root; tables go under <root>/results/<preset>/
+              seeds: int|Sequence[int] = 3,             # seeds per configuration
+              executor: str = "local",                  # local or ray (see `sweep`)
+              experiments: Sequence[str] = ("paper1", "paper2", "paper3"),  # which papers
+              device: str = "auto",                     # auto (CUDA if present), cpu, cuda, cuda:N
+              max_members: int|None = None,             # at most this many members per stacked group
+              progress: bool|None = None,               # the estimate, the overall bar and the groups' bars
+             ) -> dict[str, SweepResult]:
+    "Sweep every paper's experiment and write tables, figures, `verdicts.csv` and `report.md` under `<root>/results/<preset>/`."
+    exps = [get_experiment(e) for e in experiments]
+    if preset not in SWEEP_PRESETS: raise ValueError(f"preset={preset!r} is unknown{_closest(preset, SWEEP_PRESETS)}")
+    root = runs_root(root)
+    out, results, md, verdict = root/"results"/preset, {}, [], []
+    progress = show_progress(progress)
+    bar = None
+    if progress:
+        plan = reproduce_estimate(preset, root, seeds, experiments, device)
+        each = ", ".join(f"{n} {_hms(p['estimate_s'])}" for n, p in plan["experiments"].items())
+        _say(True, f"reproduce, preset {preset}: {plan['runs']} runs of {len(exps)} experiments, "
+                   f"{plan['to_train']} to train; estimated time here {_hms(plan['estimate_s'])} ({each})")
+        bar = tqdm(total=plan["to_train"], desc="reproduce: runs", unit="run", dynamic_ncols=True)
+    for e in exps:
+        t0 = time.perf_counter()
+        def count(i, n, gdir):
+            if bar is not None and gdir is not None: bar.update(len(read_json(gdir/"group.json")["members"]))
+        res = results[e.name] = sweep(e, preset, seeds, executor, root, device=device, max_members=max_members,
+                                      progress=progress, on_group=count)
+        figs = [p.name for p in write_results(res, out) if p.suffix == ".png"]
+        verdict.append(pd.read_csv(out/f"{e.name}_verdicts.csv"))
+        md += [res.report(), "", *[f"![{p[:-4]}]({p})" for p in figs], "",
+               f"({len(res.runs)} runs, {res.trained} trained now, {time.perf_counter() - t0:.0f} s)", ""]
+    v = pd.concat(verdict, ignore_index=True)
+    atomic_write_bytes(out/"verdicts.csv", v.to_csv(index=False).encode())
+    head = [f"# Reproduction, preset {preset}", "", "## Verdicts", "", to_markdown(v.drop(columns=["regime"])), ""]
+    atomic_write_bytes(out/"report.md", "\n".join(head + md).encode())
+    if bar is not None: bar.close()
+    _say(progress, f"tables and figures written to {out}")
+    return results

@@ -311,7 +311,7 @@ def _shape_key(s: RunSpec) -> tuple:
 def estimate_seconds(specs: Sequence[RunSpec],    # the runs wanted; those done in the store cost nothing
                      root: Path|str|None = None,  # the results root (default: `$DROPOUT_RESIDUAL_RUNS`, else runs/)
                      device: str = "auto",        # where a step is timed: auto, cpu, cuda, cuda:N
-                     repeats: int = 2,            # timed steps per shape after a warm-up one (their median is used)
+                     repeats: int = 5,            # timed steps per shape after a warm-up one (their median is used)
                     ) -> float:                   # estimated wall seconds (training steps and evals left)
     "Estimated wall seconds to train the unfinished runs of `specs` here: a timed step per distinct shape x steps and evals left."
     root, dev = runs_root(root), resolve_device(device)

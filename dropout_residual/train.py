@@ -24,10 +24,10 @@ from .config import COMPILE_MODES, TrainConfig
 from .checkpoint import RunFolder, _check_same_run, check_same_corpus, corpus_identity, summary_digest
 
 # %% auto #0
-__all__ = ['RANK_SEED_STRIDE', 'DIST_TIMEOUT_ENV', 'HISTORY_COLUMNS', 'resolve_dtype', 'autocast', 'compile_model',
+__all__ = ['RANK_SEED_STRIDE', 'DIST_ENV', 'DIST_TIMEOUT_ENV', 'HISTORY_COLUMNS', 'resolve_dtype', 'autocast', 'compile_model',
            'uses_cudagraphs', 'setup_device', 'configure_optimizer', 'clip_grad_norm_per_member', 'member_schedules',
-           'dropout_rates_at', 'History', 'TrainResult', 'NonFiniteLossError', 'nonfinite_members', 'evaluate',
-           'Terminated', 'TrainState', 'setup_or_resume', 'draw', 'train_step', 'LossLog', 'train',
+           'dropout_rates_at', 'check_dist_env', 'History', 'TrainResult', 'NonFiniteLossError', 'nonfinite_members',
+           'evaluate', 'Terminated', 'TrainState', 'setup_or_resume', 'draw', 'train_step', 'LossLog', 'train',
            'measure_generation']
 
 # %% ../nbs/07_train.ipynb #8f7c13c3
@@ -115,8 +115,18 @@ def dropout_rates_at(step: int,                                    # the trainin
 # %% ../nbs/07_train.ipynb #c8180cf4
 RANK_SEED_STRIDE = 1_000_003
 
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")   # torchrun's variables
+
+def check_dist_env() -> None:
+    "torchrun's variables, where set, are integers >= 0: a malformed one is an error naming it."
+    for k in DIST_ENV:
+        v = os.environ.get(k)
+        if v is not None and not v.strip().isdigit():
+            raise ValueError(f"environment variable {k}={v!r} must be an integer >= 0 (torchrun sets it): fix it or unset it")
+
 def _dist_info() -> tuple[int, int, int]:
     "(rank, world_size, local_rank) from torchrun's environment, (0, 1, 0) otherwise."
+    check_dist_env()
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     return 0, 1, 0

@@ -241,6 +241,19 @@ def test_cli_train_takes_an_experiment_and_its_preset(tmp_path, capsys):
     assert main(["train", "--preset", "paper2", "--out", str(tmp_path/"x")]) == 2      # the former meaning: an error
     assert "did you mean 'paper'" in capsys.readouterr().err
 
+def test_cli_reproduce_estimate_trains_nothing(tmp_path, capsys):
+    "`reproduce --estimate`: per-experiment runs and seconds, a JSON line last, and no run folder written."
+    from dropout_residual.cli import main
+    argv = ["reproduce", "--preset", "smoke", "--seeds", "2", "--experiments", "paper2,paper3", "--runs", str(tmp_path), "--device", "cpu", "--estimate"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("paper2: 14 runs, 14 to train, about 0:0") and out[1].startswith("paper3: ")
+    assert "nothing was trained" in out[2]
+    rec = json.loads(out[-1])
+    assert rec["command"].startswith("dropout-residual reproduce --preset smoke") and rec["preset"] == "smoke" and rec["seeds"] == 2
+    assert rec["to_train"] == rec["runs"] == sum(e["runs"] for e in rec["experiments"].values()) and rec["estimate_s"] > 0
+    assert not any(tmp_path.rglob("run.json"))
+
 def test_cli_reproduce_smoke(tmp_path, capsys):
     from dropout_residual.cli import main
     assert main(["reproduce", "--preset", "smoke", "--seeds", "1", "--runs", str(tmp_path), "--quiet"]) == 0
