@@ -105,22 +105,24 @@ def _cmd_sweep(args) -> int:
     from dropout_residual.sweep import sweep
     res = sweep(args.experiment, args.preset, seeds=args.seeds, executor=args.executor, root=args.runs,
                 overrides=args.set or None, labels=args.label, device=args.device, max_members=args.max_members,
-                progress=not args.quiet)
+                progress=not args.quiet, workers=args.workers)
     if args.quiet: print(res.report())
     return 0
 
 def _cmd_reproduce(args) -> int:
     from dropout_residual.report import _hms, reproduce, reproduce_estimate
     if args.estimate:
-        plan = reproduce_estimate(args.preset, root=args.runs, seeds=args.seeds, experiments=args.experiments.split(","), device=args.device)
+        plan = reproduce_estimate(args.preset, root=args.runs, seeds=args.seeds, experiments=args.experiments.split(","),
+                                  device=args.device, executor=args.executor, workers=args.workers)
         for n, e in plan["experiments"].items(): print(f"{n}: {e['runs']} runs, {e['to_train']} to train, about {_hms(e['estimate_s'])} here")
         print(f"in all: {plan['to_train']} of {plan['runs']} runs to train, about {_hms(plan['estimate_s'])} on {plan['device']} "
-              f"({plan['torch_threads']} torch threads, {plan['cpu_count']} CPUs); nothing was trained")
+              f"(executor {plan['executor']}, {plan['workers']} process(es) of {plan['torch_threads']} torch thread(s), {plan['cpu_count']} CPUs); "
+              "nothing was trained")
         print(json.dumps({"command": shlex.join(["dropout-residual", *args.argv]), "date": datetime.date.today().isoformat(), **plan}))
         return 0
     res = reproduce(args.preset, root=args.runs, seeds=args.seeds, executor=args.executor,
                     experiments=args.experiments.split(","), device=args.device, max_members=args.max_members,
-                    progress=not args.quiet)
+                    progress=not args.quiet, workers=args.workers)
     if args.quiet:
         for r in res.values(): print(r.report() + "\n")
     return 0
@@ -230,7 +232,9 @@ def _add_bench(sub) -> None:
 # %% ../nbs/17_cli.ipynb #54fb8313
 def _sweep_common(q, seeds: int = 1) -> None:
     q.add_argument("--seeds", type=int, default=seeds, help=f"seeds per configuration (default {seeds}; 2+ gives confidence intervals)")
-    q.add_argument("--executor", default="local", help="local (default: one group after another here) or ray (one task per member group)")
+    q.add_argument("--executor", default="auto", help="auto (default: processes on a CPU with 2+ cores, else local), local (one "
+                   "group after another here), processes (one-member groups, one process of one thread per core) or ray (a task per group)")
+    q.add_argument("--workers", type=int, help="with --executor processes: how many processes (default: one per CPU core)")
     q.add_argument("--runs", help="results root (default: $DROPOUT_RESIDUAL_RUNS, else runs/)")
     q.add_argument("--device", default="auto", help=DEVICE_HELP)
     q.add_argument("--max-members", type=int, help="at most this many members per stacked group (default: memory-aware, <= 32)")

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .utils import _closest, atomic_write_bytes, read_json, resolve_device, show_progress
 from .store import RUN_COLUMNS, run_state, runs_root
 from .papers import SWEEP_PRESETS, experiment_runs, get_experiment
-from .sweep import SweepResult, _say, estimate_seconds, sweep
+from .sweep import SweepResult, _say, estimate_seconds, resolve_executor, sweep
 from .stats import regime_indicators, settle_by_seed, to_markdown, verdicts
 from .viz import FigureData, draw_figures, save_figure
 
@@ -96,17 +96,21 @@ def reproduce_estimate(preset: str = "regime",                  # as `reproduce`
                        seeds: int|Sequence[int] = 3,             # seeds per configuration
                        experiments: Sequence[str] = ("paper1", "paper2", "paper3"),  # which papers
                        device: str = "auto",                     # where a step is timed
+                       executor: str = "local",                  # as `reproduce` (processes: the workers share the runs)
+                       workers: int|None = None,                 # processes: how many (default: one per CPU core)
                       ) -> dict:                                 # the plan: per experiment and in all, runs, to_train, estimate_s
     "What `reproduce` would train here and how long it should take (`sweep.estimate_seconds`: timed steps), training nothing."
     if preset not in SWEEP_PRESETS: raise ValueError(f"preset={preset!r} is unknown{_closest(preset, SWEEP_PRESETS)}")
-    root, per = runs_root(root), {}
+    root, per, executor = runs_root(root), {}, resolve_executor(executor, device)
+    n = (workers or os.cpu_count() or 1) if executor == "processes" else 1
     for e in map(get_experiment, experiments):
         specs = experiment_runs(e, preset, seeds)
         per[e.name] = {"runs": len(specs), "to_train": sum(run_state(s.folder(root)) != "done" for s in specs),
-                       "estimate_s": estimate_seconds(specs, root, device)}
+                       "estimate_s": estimate_seconds(specs, root, device, workers=n)}
     total = {k: sum(p[k] for p in per.values()) for k in ("runs", "to_train", "estimate_s")}
     return {"preset": preset, "seeds": seeds if isinstance(seeds, int) else list(seeds), "device": str(resolve_device(device)),
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "experiments": per, **total}
+            "executor": executor, "workers": n, "torch_threads": 1 if n > 1 else torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "experiments": per, **total}
 
 
 # %% ../nbs/15_report.ipynb #2db73c11
@@ -118,6 +122,7 @@ def reproduce(preset: str = "regime",                  # the papers' regime prox
               device: str = "auto",                     # auto (CUDA if present), cpu, cuda, cuda:N
               max_members: int|None = None,             # at most this many members per stacked group
               progress: bool|None = None,               # the estimate, the overall bar and the groups' bars
+              workers: int|None = None,                 # executor processes: how many (default: one per CPU core)
              ) -> dict[str, SweepResult]:
     "Sweep every paper's experiment and write tables, figures, `verdicts.csv` and `report.md` under `<root>/results/<preset>/`."
     exps = [get_experiment(e) for e in experiments]
@@ -127,7 +132,7 @@ def reproduce(preset: str = "regime",                  # the papers' regime prox
     progress = show_progress(progress)
     bar = None
     if progress:
-        plan = reproduce_estimate(preset, root, seeds, experiments, device)
+        plan = reproduce_estimate(preset, root, seeds, experiments, device, executor, workers)
         each = ", ".join(f"{n} {_hms(p['estimate_s'])}" for n, p in plan["experiments"].items())
         _say(True, f"reproduce, preset {preset}: {plan['runs']} runs of {len(exps)} experiments, "
                    f"{plan['to_train']} to train; estimated time here {_hms(plan['estimate_s'])} ({each})")
@@ -137,7 +142,7 @@ def reproduce(preset: str = "regime",                  # the papers' regime prox
         def count(i, n, gdir):
             if bar is not None and gdir is not None: bar.update(len(read_json(gdir/"group.json")["members"]))
         res = results[e.name] = sweep(e, preset, seeds, executor, root, device=device, max_members=max_members,
-                                      progress=progress, on_group=count)
+                                      progress=progress, on_group=count, workers=workers)
         figs = [p.name for p in write_results(res, out) if p.suffix == ".png"]
         verdict.append(pd.read_csv(out/f"{e.name}_verdicts.csv"))
         md += [res.report(), "", *[f"![{p[:-4]}]({p})" for p in figs], "",

@@ -5,7 +5,7 @@
 # %% ../nbs/12_sweep.ipynb #0613d487
 from __future__ import annotations
 import dropout_residual
-import dataclasses, datetime, json, math, os, shutil, time
+import dataclasses, datetime, functools, json, math, multiprocessing, os, queue, shutil, signal, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,15 +17,15 @@ from .utils import _closest, _jsonable, hold_lock, read_json, resolve_device, sh
 from .model import GPT
 from .schedules import schedule_from_dict
 from .checkpoint import RunFolder, load_checkpoint, load_run
-from .train import NonFiniteLossError, TrainState, configure_optimizer, resolve_dtype, train, train_step
+from .train import NonFiniteLossError, TrainState, _Interrupt, configure_optimizer, resolve_dtype, train, train_step
 from .store import RunSpec, config_hash, load_runs, prepare_run, read_history, run_state, runs_root, spec_from_folder
 from .papers import Experiment, experiment_runs, get_experiment
 from .stats import baseline_pairs, compare, compare_claims, summarise, to_markdown
 
 # %% auto #0
 __all__ = ['MEMBER_FIELDS', 'GROUP_BYTES_ENV', 'EXECUTORS', 'RUN_OPTIONS', 'shape_key', 'member_bytes', 'max_group_size',
-           'group_configs', 'plan_groups', 'GroupBusyError', 'group_lock', 'run_group', 'run_groups', 'train_options',
-           'plan_lock', 'estimate_seconds', 'SweepResult', 'sweep']
+           'group_configs', 'plan_groups', 'GroupBusyError', 'group_lock', 'run_group', 'resolve_executor',
+           'run_groups', 'train_options', 'plan_lock', 'estimate_seconds', 'SweepResult', 'sweep']
 
 # %% ../nbs/12_sweep.ipynb #3a5e0e09
 from .config import DROPOUT_SITES, Members
@@ -212,7 +212,13 @@ def _train_group(gdir: Path, device: str, progress: bool|None, data, options: di
     return [folders[i].name for i in todo]
 
 # %% ../nbs/12_sweep.ipynb #998495de
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("auto", "local", "processes", "ray")
+
+def resolve_executor(executor: str, device: str = "auto") -> str:
+    "`executor`, with 'auto' resolved: `processes` on a CPU with two cores or more (the fastest there), else `local`."
+    if executor not in EXECUTORS: raise ValueError(f"executor={executor!r} is unknown{_closest(executor, EXECUTORS)}")
+    if executor != "auto": return executor
+    return "processes" if resolve_device(device).type == "cpu" and (os.cpu_count() or 1) >= 2 else "local"
 
 def _say(progress: bool, msg: str):
     if progress: print(msg, flush=True)
@@ -223,17 +229,18 @@ def _group_line(gdir: Path) -> str:
     return f"{len(man['members'])} members ({', '.join(labels[:4])}{', ...' if len(labels) > 4 else ''})"
 
 def run_groups(groups: Sequence[Path],          # group folders from `plan_groups`
-               executor: str = "local",         # local (one group after another here) or ray (a task per group)
+               executor: str = "local",         # local (one group after another here), processes (one per core) or ray (a task per group)
                device: str = "auto",            # auto (CUDA if present), cpu, cuda, cuda:N
                progress: bool|None = None,      # progress bars and messages (default: in a terminal or live notebook)
                on_group: Callable|None = None,  # called as on_group(i, n, group_dir) after group i of n is done
                options: dict|None = None,       # `RUN_OPTIONS` fields for the training (ckpt_interval, compile_mode)
                stop=None,                       # anything with is_set(): stop, raising KeyboardInterrupt
+               workers: int|None = None,        # processes: how many (default: one per CPU core)
               ) -> None:                        # `GroupBusyError` when another process was training some groups
-    "Train `groups` (folders from `plan_groups`) with the `local` or `ray` executor; `on_group(i, n, gdir)` after each; `stop.is_set()`: stop (`KeyboardInterrupt`)."
-    if executor not in EXECUTORS: raise ValueError(f"executor={executor!r} is unknown{_closest(executor, EXECUTORS)}")
+    "Train `groups` (folders from `plan_groups`) with an executor of `EXECUTORS`; `on_group(i, n, gdir)` after each; `stop.is_set()`: stop (`KeyboardInterrupt`)."
+    executor = resolve_executor(executor, device)
     progress = show_progress(progress)
-    run = _run_ray if executor == "ray" else _run_local
+    run = {"ray": _run_ray, "processes": functools.partial(_run_processes, workers=workers)}.get(executor, _run_local)
     busy = run(groups, device, progress, on_group or (lambda i, n, g: None), options or {}, stop)
     if busy: raise GroupBusyError(f"{len(busy)} of {len(groups)} groups were being trained by another process, "
                                   f"the others are done:\n  " + "\n  ".join(busy))
@@ -290,6 +297,55 @@ def _run_ray(groups: Sequence[Path], device: str, progress: bool, on_group: Call
     finally:
         if started: ray.shutdown()
 
+# %% ../nbs/12_sweep.ipynb #2462df51
+def _process_worker(todo, done, device: str, options: dict):
+    "A `processes` worker: one torch thread, its own session (a stop reaches it once, from the parent); trains groups from `todo`."
+    os.setsid()
+    torch.set_num_threads(1)
+    while (g := todo.get()) is not None:
+        try: done.put((g, "ok", run_group(g, device, False, None, options)))
+        except GroupBusyError as e: done.put((g, "busy", str(e)))
+        except KeyboardInterrupt: done.put((g, "stopped", "")); return
+        except Exception as e: done.put((g, "error", (isinstance(e, ValueError), f"{type(e).__name__}: {e}")))
+
+def _run_processes(groups: Sequence[Path], device: str, progress: bool, on_group: Callable, options: dict, stop=None,
+                   workers: int|None = None) -> list[str]:
+    "Run the groups in `workers` processes (default: one per CPU core) of one torch thread each; returns the busy groups' errors."
+    if workers is not None and (not isinstance(workers, int) or workers < 1): raise ValueError(f"workers={workers!r} must be an integer >= 1")
+    if not groups: return []
+    ctx, n = multiprocessing.get_context("spawn"), min(workers or os.cpu_count() or 1, len(groups))
+    todo, done = ctx.Queue(), ctx.Queue()
+    for g in [*groups, *[None] * n]: todo.put(None if g is None else str(Path(g).resolve()))
+    from dropout_residual.sweep import _process_worker as work   # by module, so that a notebook's copy is not what the workers look up
+    procs = [ctx.Process(target=work, args=(todo, done, device, options), daemon=True) for _ in range(n)]
+    for p in procs: p.start()
+    _say(progress, f"processes: {len(groups)} group(s) on {n} worker processes of one torch thread each")
+    busy, errors, k = [], [], 0
+    try:
+        with _Interrupt() as intr:                     # Ctrl-C or SIGTERM here: forwarded once to the workers, below
+            while k < len(groups):
+                if intr.requested: raise intr.error()
+                if stop is not None and stop.is_set(): raise KeyboardInterrupt
+                try: g, status, what = done.get(timeout=0.5)
+                except queue.Empty:
+                    if any(p.is_alive() for p in procs): continue
+                    raise RuntimeError(f"the worker processes ended with {len(groups) - k} group(s) untrained (exit codes "
+                                       f"{[p.exitcode for p in procs]}); run the same sweep again to resume") from None
+                k += 1
+                if status == "ok": _say(progress, f"[group {k}/{len(groups)}] {_group_line(Path(g))}: wrote {len(what)} runs"); on_group(k, len(groups), Path(g))
+                elif status == "busy": busy.append(what); _say(progress, f"[group {k}/{len(groups)}] skipped: {what}")
+                elif status == "error": errors.append(what); _say(progress, f"[group {k}/{len(groups)}] failed: {what[1]}")
+                else: raise KeyboardInterrupt
+        if errors:   # a bad input or a NaN (ValueError) stays one, so the command line names it in one line
+            raise (ValueError if all(v for v, _ in errors) else RuntimeError)(f"{len(errors)} group(s) failed, the others are done: " + "; ".join(m for _, m in errors))
+        return busy
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.is_alive(): os.kill(p.pid, signal.SIGTERM)   # each saves a checkpoint at its next step boundary
+        raise
+    finally:
+        for p in procs: p.join(120)
+
 # %% ../nbs/12_sweep.ipynb #a76357b7
 RUN_OPTIONS = ("ckpt_interval", "compile_mode")   # not in a run's identity; sweep takes device and out_dir itself
 
@@ -312,11 +368,24 @@ def estimate_seconds(specs: Sequence[RunSpec],    # the runs wanted; those done 
                      root: Path|str|None = None,  # the results root (default: `$DROPOUT_RESIDUAL_RUNS`, else runs/)
                      device: str = "auto",        # where a step is timed: auto, cpu, cuda, cuda:N
                      repeats: int = 5,            # timed steps per shape after a warm-up one (their median is used)
+                     workers: int = 1,            # processes training at once, one torch thread each (the `processes` executor)
                     ) -> float:                   # estimated wall seconds (training steps and evals left)
     "Estimated wall seconds to train the unfinished runs of `specs` here: a timed step per distinct shape x steps and evals left."
     root, dev = runs_root(root), resolve_device(device)
     todo = [s for s in specs if run_state(root/s.experiment/s.run_id) != "done"]
-    step_s = {}
+    step_s, threads = {}, torch.get_num_threads()
+    if workers > 1: torch.set_num_threads(1)         # as each worker will train
+    try: _time_steps(todo, dev, repeats, step_s)
+    finally: torch.set_num_threads(threads)
+    total = 0.0
+    for s in todo:
+        t, st = s.train_cfg, step_s[_shape_key(s)]
+        evals = len(set(range(0, t.max_iters, t.eval_interval)) | {t.max_iters})
+        total += t.max_iters * st + evals * 2 * t.eval_iters * st / 3   # an eval batch: a forward, about a third of a step
+    return total / max(1, min(workers, len(todo)))   # the workers share the runs (groups of one member)
+
+def _time_steps(todo: Sequence[RunSpec], dev: torch.device, repeats: int, step_s: dict):
+    "Fill `step_s` with the median seconds of one training step, per distinct shape of `todo`."
     for s in todo:
         if (k := _shape_key(s)) in step_s: continue
         m, t = s.model_cfg, s.train_cfg
@@ -327,12 +396,7 @@ def estimate_seconds(specs: Sequence[RunSpec],    # the runs wanted; those done 
         for _ in range(repeats + 1):   # the first step warms up
             t0 = time.perf_counter(); float(train_step(st, x, x)[0].sum()); times.append(time.perf_counter() - t0)
         step_s[k] = sorted(times[1:])[len(times[1:]) // 2]
-    total = 0.0
-    for s in todo:
-        t, st = s.train_cfg, step_s[_shape_key(s)]
-        evals = len(set(range(0, t.max_iters, t.eval_interval)) | {t.max_iters})
-        total += t.max_iters * st + evals * 2 * t.eval_iters * st / 3   # an eval batch: a forward, about a third of a step
-    return total
+
 
 # %% ../nbs/12_sweep.ipynb #7092c3c6
 @dataclass
@@ -367,19 +431,21 @@ class SweepResult:
 def sweep(experiment: str|Experiment,        # paper1, paper2, paper3 (or an `Experiment`)
           preset: str = "smoke",                # smoke, quick, regime or paper (`papers.SWEEP_PRESETS`)
           seeds: int|Sequence[int] = 1,         # how many seeds (0..n-1), or the seeds themselves
-          executor: str = "local",              # local (one group after another here) or ray (a task per group)
+          executor: str = "local",              # local (one group after another), processes (one per core, CPU) or ray
           root: Path|str|None = None,           # the results root (default `$DROPOUT_RESIDUAL_RUNS`, else runs/)
           overrides: dict|None = None,          # config fields set for every run (`--set`), e.g. {"skip_mode": "add"}
           labels: Sequence[str]|None = None,    # only these configurations (default: those the preset runs)
           device: str = "auto",                 # auto (CUDA if present), cpu, cuda, cuda:N
-          max_members: int|None = None,         # at most this many members per stacked group (default: memory-aware)
+          max_members: int|None = None,         # at most this many members per stacked group (default: memory-aware; processes: 1)
           progress: bool|None = None,           # progress bars and messages (default: in a terminal or live notebook)
           on_group: Callable|None = None,       # called as on_group(i, n, group_dir) before (i=0) and after each group
           stop=None,                            # anything with is_set(): stop at the next step boundary
+          workers: int|None = None,             # processes: how many (default: one per CPU core)
          ) -> SweepResult:
     "Train every unfinished run of `experiment` at `preset` x `seeds` (grouped, resumable) and compare with the paper."
-    if executor not in EXECUTORS: raise ValueError(f"executor={executor!r} is unknown{_closest(executor, EXECUTORS)}")
+    executor = resolve_executor(executor, device)
     if executor == "ray": _import_ray()
+    if executor == "processes" and max_members is None: max_members = 1   # one member a process: the cores train in parallel
     exp = get_experiment(experiment)
     progress = show_progress(progress)
     root = runs_root(root)
@@ -392,10 +458,11 @@ def sweep(experiment: str|Experiment,        # paper1, paper2, paper3 (or an `Ex
     _say(progress, f"{exp.name} ({exp.title}), preset {preset}: {len(ids)} runs, {len(ids) - todo} already finished, "
                    f"{todo} to train in {len(groups)} group(s) under {root/exp.name}")
     if progress and todo:
-        _say(progress, f"estimated time here: {datetime.timedelta(seconds=round(estimate_seconds(specs, root, device)))} "
-                       "(timed steps on this device, one member at a time; `estimate_seconds`)")
+        n = (workers or os.cpu_count() or 1) if executor == "processes" else 1
+        _say(progress, f"estimated time here: {datetime.timedelta(seconds=round(estimate_seconds(specs, root, device, workers=n)))} "
+                       f"(timed steps on this device, one member at a time{f' in each of {n} processes' if n > 1 else ''}; `estimate_seconds`)")
     if on_group is not None: on_group(0, len(groups), None)
-    run_groups(groups, executor, device, progress, on_group, train_options(specs, overrides), stop)
+    run_groups(groups, executor, device, progress, on_group, train_options(specs, overrides), stop, workers)
     runs = load_runs(root, exp.name, run_ids=ids)
     summary = summarise(runs, exp.metric, by=("experiment", "label"))
     res = SweepResult(exp, preset, root, runs, compare(exp, summary, preset=preset), compare_claims(exp, summary), todo)

@@ -40,7 +40,7 @@ def test_imports_only_modules_above(mod):
     for name in _imports(_tree(mod)):
         parts = name.split(".")
         if parts[0] == "dropout_residual" and len(parts) > 1 and parts[1] and parts[1] != "__version__":
-            if parts[1] not in above: bad.append(parts[1])
+            if parts[1] not in above and parts[1] != mod: bad.append(parts[1])   # itself (by name, for spawned workers): no cycle
     assert not bad, f"{mod} imports {sorted(set(bad))}, which are not above it in {ORDER}"
 
 @pytest.mark.parametrize("mod", ORDER)

@@ -59,7 +59,7 @@ def test_sweep_options_reach_the_training(tmp_path, monkeypatch):
     real = SW.train
     monkeypatch.setattr(SW, "train", spy)
     cli("sweep", "paper2", "--label", "fixed", "--set", "max_iters=4", "--set", "ckpt_interval=2",
-        "--set", "compile=off", "--runs", str(tmp_path), "--device", "cpu", "--quiet")
+        "--set", "compile=off", "--runs", str(tmp_path), "--device", "cpu", "--executor", "local", "--quiet")   # the spy sees this process
     assert [(t.ckpt_interval, t.compile) for t in seen] == [(2, False)]
     plain = SW.experiment_runs("paper2", "smoke", overrides=["max_iters=4"], labels=["fixed"])[0]
     assert (tmp_path/"paper2"/plain.run_id/"summary.json").is_file()   # same run id as without the options
