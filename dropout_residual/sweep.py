@@ -297,7 +297,7 @@ def _run_ray(groups: Sequence[Path], device: str, progress: bool, on_group: Call
     finally:
         if started: ray.shutdown()
 
-# %% ../nbs/12_sweep.ipynb #2462df51
+# %% ../nbs/12_sweep.ipynb #4162f335
 def _process_worker(todo, done, device: str, options: dict):
     "A `processes` worker: one torch thread, its own session (a stop reaches it once, from the parent); trains groups from `todo`."
     os.setsid()
