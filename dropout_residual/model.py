@@ -24,6 +24,13 @@ def _causal_mask(T: int, S: int, device) -> torch.Tensor:
     "(T, S) bool, True where query t (at position S-T+t) may attend to key s."
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
 
+def _attend(q, k, v, **kw) -> torch.Tensor:
+    "`F.scaled_dot_product_attention`, in float32 for bf16 inputs on a CPU (torch's bf16 CPU kernel trains several times slower), cast back."
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kw).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, **kw)
+
 class CausalSelfAttention(nn.Module):
     "Multi-head causal self-attention for E members; `c_attn.weight[:, 2*C:]` is the value projection."
     def __init__(self, config: GPTConfig):
@@ -39,16 +46,16 @@ class CausalSelfAttention(nn.Module):
         if kv is not None and T == 1 and p_attn is None:                  # the cached one-token step, with few ops:
             qkv = self.c_attn(x).view(E*B, 3, H, 1, C//H)                  # (E*B, q|k|v, H, 1, hd): T=1 needs no transpose
             k, v = kv.update(qkv[:, 1], qkv[:, 2], start)                  # (E*B, H, S, hd)
-            y = F.scaled_dot_product_attention(qkv[:, 0], k, v)            # one query sees every cached key: no mask
+            y = _attend(qkv[:, 0], k, v)                                   # one query sees every cached key: no mask
             return member_dropout(self.c_proj(y.view(E, B, 1, C)), p_proj)
         q, k, v = self.c_attn(x).split(C, dim=-1)
         q, k, v = (t.reshape(E*B, T, H, C//H).transpose(1, 2) for t in (q, k, v))  # (E*B, H, T, hd)
         if kv is not None: k, v = kv.update(k, v, start)                  # (E*B, H, S, hd)
         S = k.shape[2]
         if p_attn is None:
-            if S == T: y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            elif T == 1: y = F.scaled_dot_product_attention(q, k, v)      # one new token sees every cached key
-            else: y = F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_mask(T, S, x.device))
+            if S == T: y = _attend(q, k, v, is_causal=True)
+            elif T == 1: y = _attend(q, k, v)                             # one new token sees every cached key
+            else: y = _attend(q, k, v, attn_mask=_causal_mask(T, S, x.device))
         else:                                                              # per-member attention-weight dropout
             att = (q @ k.transpose(-2, -1))*(1.0/math.sqrt(C//H))          # (E*B, H, T, S)
             att = att.masked_fill(~_causal_mask(T, S, x.device), float("-inf")).softmax(dim=-1)

@@ -300,7 +300,7 @@ def _run_ray(groups: Sequence[Path], device: str, progress: bool, on_group: Call
 # %% ../nbs/12_sweep.ipynb #4162f335
 def _process_worker(todo, done, device: str, options: dict):
     "A `processes` worker: one torch thread, its own session (a stop reaches it once, from the parent); trains groups from `todo`."
-    os.setsid()
+    if hasattr(os, "setsid"): os.setsid()                # POSIX; elsewhere a terminal's Ctrl-C reaches the workers too
     torch.set_num_threads(1)
     while (g := todo.get()) is not None:
         try: done.put((g, "ok", run_group(g, device, False, None, options)))

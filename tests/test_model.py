@@ -1,7 +1,7 @@
 "The GPT: nanoGPT parity from the equations, stacked members == separate models, dropout sites, skip topologies, KV-cache generation, bad input."
 import math
 
-import pytest, torch
+import numpy as np, pytest, torch
 from torch.nn import functional as F
 
 from dropout_residual.config import DROPOUT_SITES, GPTConfig, Members
@@ -405,3 +405,17 @@ def test_bad_idx():
     with pytest.raises(ValueError, match="rates for site='attn' has 3 values"): m.set_dropout("attn", [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match=r"dropout rate 1.5 for site='mlp' must lie in \[0, 1\)"): m.set_dropout("mlp", 1.5)
     with pytest.raises(ValueError, match="member i=5 out of range"): m.member(5)
+
+def test_bf16_autocast_on_cpu_trains_like_float32():
+    "bf16 autocast on a CPU (its attention in float32, `model._attend`): 100 steps give float32's losses to bf16 tolerance."
+    from dropout_residual import train as T
+    from dropout_residual.config import TrainConfig
+    from dropout_residual.data import shakespeare
+    ds, m = shakespeare(download=False), GPTConfig.smoke(n_layer=2, n_head=2, n_embd=64, block_size=64)
+    t = dict(max_iters=100, batch_size=8, block_size=64, warmup_iters=10, eval_interval=100, eval_iters=4, log_interval=1,
+             ckpt_interval=None, device="cpu", seed=[5])
+    a, b = (T.train(m, TrainConfig.smoke(**t, dtype=d), ds).history.dropna(subset=["train_loss"]).train_loss.to_numpy()
+            for d in ("float32", "bfloat16"))
+    assert len(a) == len(b) == 100 and np.isfinite(b).all()
+    assert np.abs(a - b).max() / a.min() < 0.05            # step by step
+    assert abs(a[-20:].mean() - b[-20:].mean()) < 0.02     # where the run ends
