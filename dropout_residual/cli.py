@@ -110,7 +110,8 @@ def _cmd_sweep(args) -> int:
     return 0
 
 def _cmd_reproduce(args) -> int:
-    from dropout_residual.report import _hms, reproduce, reproduce_estimate
+    from dropout_residual.report import reproduce, reproduce_estimate
+    from dropout_residual.sweep import _hms
     if args.estimate:
         plan = reproduce_estimate(args.preset, root=args.runs, seeds=args.seeds, experiments=args.experiments.split(","),
                                   device=args.device, executor=args.executor, workers=args.workers)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import dropout_residual
 import pandas as pd
-import datetime, os, time
+import os, time
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .utils import _closest, atomic_write_bytes, read_json, resolve_device, show_progress
 from .store import RUN_COLUMNS, run_state, runs_root
 from .papers import SWEEP_PRESETS, experiment_runs, get_experiment
-from .sweep import SweepResult, _say, estimate_seconds, resolve_executor, sweep
+from .sweep import SweepResult, _hms, _say, _worker_count, estimate_seconds, resolve_executor, sweep
 from .stats import regime_indicators, settle_by_seed, to_markdown, verdicts
 from .viz import FigureData, draw_figures, save_figure
 
@@ -63,7 +63,6 @@ def write_results(res: SweepResult,         # the sweep's result
         files.append(save_figure(fig, folder/f"{n}_{name}.png", close=True))
     return files
 
-
 # %% ../nbs/15_report.ipynb #7f4c6fe1
 SAVED_BASES = ("results", "papers/results", "nbs/papers/results")   # where a paper's folder is looked for, in order
 
@@ -89,8 +88,6 @@ def load_saved(paper: str,                   # paper1, paper2 or paper3
     return {p.stem[len(paper) + 1:]: pd.read_csv(p) for p in sorted(folder.glob(f"{paper}_*.csv"))}
 
 # %% ../nbs/15_report.ipynb #0707e9be
-def _hms(seconds: float) -> str: return str(datetime.timedelta(seconds=round(seconds)))
-
 def reproduce_estimate(preset: str = "regime",                  # as `reproduce`
                        root: Path|str|None = None,               # the results root (finished runs there cost nothing)
                        seeds: int|Sequence[int] = 3,             # seeds per configuration
@@ -102,7 +99,7 @@ def reproduce_estimate(preset: str = "regime",                  # as `reproduce`
     "What `reproduce` would train here and how long it should take (`sweep.estimate_seconds`: timed steps), training nothing."
     if preset not in SWEEP_PRESETS: raise ValueError(f"preset={preset!r} is unknown{_closest(preset, SWEEP_PRESETS)}")
     root, per, executor = runs_root(root), {}, resolve_executor(executor, device)
-    n = (workers or os.cpu_count() or 1) if executor == "processes" else 1
+    n = _worker_count(executor, workers)
     for e in map(get_experiment, experiments):
         specs = experiment_runs(e, preset, seeds)
         per[e.name] = {"runs": len(specs), "to_train": sum(run_state(s.folder(root)) != "done" for s in specs),
@@ -111,7 +108,6 @@ def reproduce_estimate(preset: str = "regime",                  # as `reproduce`
     return {"preset": preset, "seeds": seeds if isinstance(seeds, int) else list(seeds), "device": str(resolve_device(device)),
             "executor": executor, "workers": n, "torch_threads": 1 if n > 1 else torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "experiments": per, **total}
-
 
 # %% ../nbs/15_report.ipynb #2db73c11
 def reproduce(preset: str = "regime",                  # the papers' regime proxies; quick is the fast demo

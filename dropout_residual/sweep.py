@@ -220,6 +220,10 @@ def resolve_executor(executor: str, device: str = "auto") -> str:
     if executor != "auto": return executor
     return "processes" if resolve_device(device).type == "cpu" and (os.cpu_count() or 1) >= 2 else "local"
 
+def _worker_count(executor: str, workers: int|None) -> int:
+    "Processes training at once: `workers` (default: one per CPU core) for the `processes` executor, else 1."
+    return (workers or os.cpu_count() or 1) if executor == "processes" else 1
+
 def _say(progress: bool, msg: str):
     if progress: print(msg, flush=True)
 
@@ -313,7 +317,7 @@ def _run_processes(groups: Sequence[Path], device: str, progress: bool, on_group
     "Run the groups in `workers` processes (default: one per CPU core) of one torch thread each; returns the busy groups' errors."
     if workers is not None and (not isinstance(workers, int) or workers < 1): raise ValueError(f"workers={workers!r} must be an integer >= 1")
     if not groups: return []
-    ctx, n = multiprocessing.get_context("spawn"), min(workers or os.cpu_count() or 1, len(groups))
+    ctx, n = multiprocessing.get_context("spawn"), min(_worker_count("processes", workers), len(groups))
     todo, done = ctx.Queue(), ctx.Queue()
     for g in [*groups, *[None] * n]: todo.put(None if g is None else str(Path(g).resolve()))
     from dropout_residual.sweep import _process_worker as work   # by module, so that a notebook's copy is not what the workers look up
@@ -373,9 +377,9 @@ def estimate_seconds(specs: Sequence[RunSpec],    # the runs wanted; those done 
     "Estimated wall seconds to train the unfinished runs of `specs` here: a timed step per distinct shape x steps and evals left."
     root, dev = runs_root(root), resolve_device(device)
     todo = [s for s in specs if run_state(root/s.experiment/s.run_id) != "done"]
-    step_s, threads = {}, torch.get_num_threads()
+    threads = torch.get_num_threads()
     if workers > 1: torch.set_num_threads(1)         # as each worker will train
-    try: _time_steps(todo, dev, repeats, step_s)
+    try: step_s = _time_steps(todo, dev, repeats)
     finally: torch.set_num_threads(threads)
     total = 0.0
     for s in todo:
@@ -384,8 +388,9 @@ def estimate_seconds(specs: Sequence[RunSpec],    # the runs wanted; those done 
         total += t.max_iters * st + evals * 2 * t.eval_iters * st / 3   # an eval batch: a forward, about a third of a step
     return total / max(1, min(workers, len(todo)))   # the workers share the runs (groups of one member)
 
-def _time_steps(todo: Sequence[RunSpec], dev: torch.device, repeats: int, step_s: dict):
-    "Fill `step_s` with the median seconds of one training step, per distinct shape of `todo`."
+def _time_steps(todo: Sequence[RunSpec], dev: torch.device, repeats: int) -> dict:
+    "The median seconds of one training step, per distinct shape (`_shape_key`) of `todo`."
+    step_s = {}
     for s in todo:
         if (k := _shape_key(s)) in step_s: continue
         m, t = s.model_cfg, s.train_cfg
@@ -396,7 +401,9 @@ def _time_steps(todo: Sequence[RunSpec], dev: torch.device, repeats: int, step_s
         for _ in range(repeats + 1):   # the first step warms up
             t0 = time.perf_counter(); float(train_step(st, x, x)[0].sum()); times.append(time.perf_counter() - t0)
         step_s[k] = sorted(times[1:])[len(times[1:]) // 2]
+    return step_s
 
+def _hms(seconds: float) -> str: return str(datetime.timedelta(seconds=round(seconds)))
 
 # %% ../nbs/12_sweep.ipynb #7092c3c6
 @dataclass
@@ -458,8 +465,8 @@ def sweep(experiment: str|Experiment,        # paper1, paper2, paper3 (or an `Ex
     _say(progress, f"{exp.name} ({exp.title}), preset {preset}: {len(ids)} runs, {len(ids) - todo} already finished, "
                    f"{todo} to train in {len(groups)} group(s) under {root/exp.name}")
     if progress and todo:
-        n = (workers or os.cpu_count() or 1) if executor == "processes" else 1
-        _say(progress, f"estimated time here: {datetime.timedelta(seconds=round(estimate_seconds(specs, root, device, workers=n)))} "
+        n = _worker_count(executor, workers)
+        _say(progress, f"estimated time here: {_hms(estimate_seconds(specs, root, device, workers=n))} "
                        f"(timed steps on this device, one member at a time{f' in each of {n} processes' if n > 1 else ''}; `estimate_seconds`)")
     if on_group is not None: on_group(0, len(groups), None)
     run_groups(groups, executor, device, progress, on_group, train_options(specs, overrides), stop, workers)

@@ -19,7 +19,7 @@ from .utils import show_progress
 from .store import load_runs, runs_root
 from .papers import EXPERIMENTS, experiment_runs, get_experiment
 from .stats import baseline_pairs, compare, summarise
-from .sweep import SweepResult, estimate_seconds, sweep
+from .sweep import SweepResult, _hms, estimate_seconds, sweep
 from .viz import draw_figures, plot_loss_curves, plot_paired, style_results
 from .report import load_saved
 
@@ -299,7 +299,7 @@ def _go_ahead(self: ExperimentPanel, sel: dict) -> bool:
     "Say the estimate; above `CONFIRM_SECONDS` only a second press with the same selection goes ahead. Clears the old figures."
     est = self.estimate(sel)
     key = json.dumps({k: v for k, v in sel.items() if k != "root"}, sort_keys=True, default=str)
-    when = datetime.timedelta(seconds=round(est))
+    when = _hms(est)
     if est > CONFIRM_SECONDS and self._confirmed != key:
         self._confirmed = key
         self.status.value = self._status_text(f"estimated {when} here (device {sel['device']}): press Run again to start, "

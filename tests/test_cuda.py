@@ -2,7 +2,7 @@
 live dropout rates, stacked members, KV-cache generation and checkpoint resume on the GPU. Skipped without a GPU (CI has
 none); `tools/gpu_check.sh` runs them on a lent one. With `DROPOUT_RESIDUAL_CUDA_RECORD=path`, each test appends the
 figures it compared (one JSON line) to that file."""
-import dataclasses, json, os, sys
+import contextlib, json, os, sys
 import pytest, torch
 
 from dropout_residual import train as T, checkpoint as CK, schedules as S
@@ -21,6 +21,14 @@ def record(name: str, **figures):
 
 @pytest.fixture(scope="module")
 def ds(): return shakespeare(download=False)
+
+@contextlib.contextmanager
+def no_tf32():
+    "TF32 off inside (float32 rounding only), as it was after."
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try: yield
+    finally: torch.backends.cuda.matmul.allow_tf32 = old
 
 def small(**kw):
     "A model the GPU trains 200 steps of in seconds: 2 members, 2 layers, n_embd 64, block 64, no dropout (so paths compare)."
@@ -63,9 +71,7 @@ def test_path_matches_float32_eager_over_200_steps(ds, eager, path):
 
 def test_cudagraphs_read_live_per_member_dropout_rates():
     "Under reduce-overhead (CUDA graphs), a rate set after capture reaches the replay: a member at p=0 equals eval mode."
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False     # float32 rounding only, between the eval and the train kernels
-    try:
+    with no_tf32():                                   # float32 rounding only, between the eval and the train kernels
         torch.manual_seed(0)
         m = GPT(small(embd_dropout=0.1, attn_dropout=0.1, proj_dropout=0.1, mlp_dropout=0.1)).cuda()
         net = T.compile_model(m, "reduce-overhead")
@@ -85,13 +91,10 @@ def test_cudagraphs_read_live_per_member_dropout_rates():
         assert close(outs[1][0], ref[0]) and not close(outs[1][1], ref[1])   # member 1 at p=0.5: its masks are live
         assert close(outs[2], ref)                                      # back to 0: the replay follows
         assert not close(outs[3][0], ref[0]) and close(outs[3][1], ref[1])
-    finally: torch.backends.cuda.matmul.allow_tf32 = old
 
 def test_stacked_members_match_each_member_alone():
     "A stacked model's forward and gradients on the GPU equal each member's alone (TF32 off: float32 rounding only)."
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    with no_tf32():
         torch.manual_seed(0)
         m = GPT(small(n_members=3)).cuda()
         x = torch.randint(0, 65, (3, 4, 64), device="cuda")
@@ -107,13 +110,10 @@ def test_stacked_members_match_each_member_alone():
             worst = max(worst, ((g - g1).norm() / g.norm()).item())
         record("stacked_vs_alone", worst_rel_grad_diff=worst)
         assert worst < 1e-4
-    finally: torch.backends.cuda.matmul.allow_tf32 = old
 
 def test_kv_cache_generation_matches_recomputation(eager):
     "Greedy samples with the KV cache equal full recomputation in float32 (TF32 off); bf16 autocast logits stay close."
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    with no_tf32():
         m = eager.model.eval()
         idx = torch.zeros(1, 1, dtype=torch.long, device="cuda")
         cached = m.generate(idx, 200, temperature=0, use_cache=True, window="slide")
@@ -129,7 +129,6 @@ def test_kv_cache_generation_matches_recomputation(eager):
                bf16_greedy_token_agreement=(half == cached).float().mean().item(), tokens_per_s=speed)
         assert torch.equal(cached, full)
         assert rel < 2e-2, f"bf16 logits differ from float32 by {rel:.2%} (relative norm)"
-    finally: torch.backends.cuda.matmul.allow_tf32 = old
 
 def test_interrupted_run_resumes_on_cuda_as_if_uninterrupted(ds, tmp_path, monkeypatch):
     "Dropout on (the CUDA mask generators' states matter): stop at step 5, resume, end where a straight run ends."
